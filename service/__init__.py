@@ -1,0 +1,1 @@
+"""The outer problem and everything a user touches: CLI, tuning, store, API."""

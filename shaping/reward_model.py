@@ -1,0 +1,96 @@
+"""The reward model as the rest of shapetune sees it.
+
+One protocol, two kinds of model behind it: any Hugging Face sequence-classification RM,
+and small reward functions written in torch (the synthetic task). A *causal* RM whose score
+head reads the hidden state at every position scores every prefix of a response in one
+forward pass; RED and the scorer's prefix sharing rely on that.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    tokenizer: PreTrainedTokenizerBase
+    mask_token_id: int
+    """Replaces masked players' tokens when the scorer evaluates coalitions."""
+    causal: bool
+    """True when `prefix_scores` is available (one pass scores every prefix)."""
+
+    def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) right-padded ids and mask -> (B,) score of each full row."""
+        ...
+
+    def prefix_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T): column t is the score of ids[:, : t + 1]."""
+        ...
+
+
+def head_prefix_scores(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Score every position of a decoder `*ForSequenceClassification` model: (B, T).
+
+    These models (GPT-2, Llama, Qwen, ...) apply their `score` head to every hidden state and
+    pool the last non-pad one; we skip the pooling.
+    """
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    return model.score(hidden).squeeze(-1)  # type: ignore[operator]
+
+
+class HFRewardModel:
+    """Any `AutoModelForSequenceClassification` with one output; causal if it has a `score`
+    head on a decoder (the built-in RM does)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    mask_token_id: int
+    causal: bool
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        mask_token_id: int | None = None,
+    ) -> None:
+        if getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(
+                f"the reward model must have one output (num_labels=1); this one has "
+                f"{model.config.num_labels}. Fine-tune a scalar head, or pick the RM checkpoint."
+            )
+        fallback = (
+            tokenizer.mask_token_id
+            if tokenizer.mask_token_id is not None
+            else tokenizer.pad_token_id
+        )
+        chosen = mask_token_id if mask_token_id is not None else fallback
+        if chosen is None:
+            raise ValueError(
+                "the reward model's tokenizer has neither a mask nor a pad token; pass "
+                "mask_token_id explicitly"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.mask_token_id = int(chosen)
+        self.causal = isinstance(getattr(model, "score", None), torch.nn.Linear) and not getattr(
+            model.config, "is_encoder_decoder", False
+        )
+
+    def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            # Same numbers as the model's own pooling, which needs pad_token_id to find the end.
+            last = mask.sum(1) - 1
+            return self.prefix_scores(ids, mask)[torch.arange(ids.shape[0]), last]
+        return self.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+    def prefix_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.causal:
+            raise TypeError(
+                f"{type(self.model).__name__} cannot score every prefix in one pass; "
+                "score each prefix as its own row instead"
+            )
+        return head_prefix_scores(self.model, ids, mask)

@@ -1,0 +1,133 @@
+"""RewardScorer: the one place that runs the reward model on variants of responses.
+
+Attribution methods ask for the values of coalitions (which response tokens are kept, the
+rest replaced by the RM's mask token) or of prefixes. The scorer evaluates each distinct
+row once per response, packs rows from many responses into forwards of `rows_per_forward`
+rows (sorted by length, so padding stays small), and counts rows and time in the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from shaping.batch import RolloutBatch
+from shaping.reward_model import RewardModel
+
+
+@dataclass
+class ScorerStats:
+    requested_rows: int = 0
+    """Rows attribution asked for, duplicates included."""
+    rows: int = 0
+    """Rows the RM evaluated."""
+    forwards: int = 0
+    model_seconds: float = 0.0
+    """Wall time inside the RM's forward passes."""
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "cost/rm_rows": float(self.rows),
+            "cost/rm_rows_requested": float(self.requested_rows),
+            "cost/rm_forwards": float(self.forwards),
+            "cost/rm_seconds": self.model_seconds,
+        }
+
+
+class RewardScorer:
+    def __init__(self, rm: RewardModel, rows_per_forward: int = 256) -> None:
+        if rows_per_forward < 1:
+            raise ValueError(f"rows_per_forward={rows_per_forward} must be >= 1")
+        self.rm = rm
+        self.rows_per_forward = rows_per_forward
+        self.stats = ScorerStats()
+        self._pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
+
+    @torch.no_grad()
+    def score_rows(
+        self, rows: Sequence[Sequence[int]], prefixes: bool = False
+    ) -> list[torch.Tensor]:
+        """Score token rows; each result is a 0-d tensor, or with `prefixes` the (len,) scores
+        of every prefix of the row (causal RMs only)."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for start in range(0, len(order), self.rows_per_forward):
+            chunk = order[start : start + self.rows_per_forward]
+            width = len(rows[chunk[-1]])
+            ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, i in enumerate(chunk):
+                ids[j, : len(rows[i])] = torch.as_tensor(rows[i], dtype=torch.long)
+                mask[j, : len(rows[i])] = 1
+            started = time.perf_counter()
+            scores = self.rm.prefix_scores(ids, mask) if prefixes else self.rm.scores(ids, mask)
+            self.stats.model_seconds += time.perf_counter() - started
+            self.stats.forwards += 1
+            self.stats.rows += len(chunk)
+            scores = scores.float().cpu()
+            for j, i in enumerate(chunk):
+                out[i] = scores[j, : len(rows[i])] if prefixes else scores[j]
+        return out
+
+    def coalition_values(
+        self, batch: RolloutBatch, coalitions: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Values v(S) = r(x, y_S) for response i's coalitions (K_i, T_i) bool -> (K_i,).
+
+        Duplicate coalitions of a response are evaluated once; the full coalition is the
+        score already in the batch and costs no row.
+        """
+        rows: list[list[int]] = []
+        plan = []  # per response: (unique coalitions, inverse index, row offset)
+        mask_id = self.rm.mask_token_id
+        for i, keep in enumerate(coalitions):
+            T = int(batch.lengths[i])
+            if keep.ndim != 2 or keep.shape[1] != T:
+                raise ValueError(
+                    f"coalitions of response {i} must be (K, {T}); got {tuple(keep.shape)}"
+                )
+            self.stats.requested_rows += keep.shape[0]
+            unique, inverse = torch.unique(keep.bool(), dim=0, return_inverse=True)
+            full = unique.all(dim=1)
+            prompt, response = batch.prompt(i), torch.tensor(batch.response(i))
+            plan.append((unique, inverse, full, len(rows)))
+            for k in range(unique.shape[0]):
+                if not full[k]:
+                    masked = torch.where(unique[k], response, torch.tensor(mask_id))
+                    rows.append(prompt + masked.tolist())
+        scores = self.score_rows(rows)
+        values = []
+        for i, (unique, inverse, full, offset) in enumerate(plan):
+            v = torch.empty(unique.shape[0])
+            cursor = offset
+            for k in range(unique.shape[0]):
+                if full[k]:
+                    v[k] = batch.scores[i]
+                else:
+                    v[k] = scores[cursor]
+                    cursor += 1
+            values.append(v[inverse])
+        return values
+
+    def prefix_values(self, batch: RolloutBatch) -> list[torch.Tensor]:
+        """r(x, y_<t) for t = 0..T_i: (T_i + 1,) per response; entry 0 scores the prompt alone.
+
+        A causal RM reads all of them from one forward pass of the full row; any other RM
+        scores each prefix as its own row.
+        """
+        if self.rm.causal:
+            rows = [batch.prompt(i) + batch.response(i) for i in range(batch.size)]
+            self.stats.requested_rows += len(rows)
+            per_row = self.score_rows(rows, prefixes=True)
+            return [per_row[i][len(batch.prompt(i)) - 1 :] for i in range(batch.size)]
+        rows, spans = [], []
+        for i in range(batch.size):
+            prompt, response = batch.prompt(i), batch.response(i)
+            spans.append((len(rows), len(response)))
+            rows += [prompt + response[:t] for t in range(len(response) + 1)]
+        self.stats.requested_rows += len(rows)
+        scores = self.score_rows(rows)
+        return [torch.stack(scores[s : s + n + 1]) for s, n in spans]

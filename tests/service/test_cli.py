@@ -1,0 +1,54 @@
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from service.cli import app
+from trainers.tasks.imdb.prepare import Prepared
+
+runner = CliRunner()
+
+
+def test_prepare_reports_cached_stages_as_json(tiny_home: Path, tiny_prepared: Prepared) -> None:
+    result = runner.invoke(
+        app, ["prepare", "--size", "tiny", "--home", str(tiny_home), "--json", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["root"] == str(tiny_prepared.root)
+    assert not any(s["built"] for s in summary["stages"].values())
+    assert summary["cache_bytes"] > 0
+    assert summary["report"]["rm_accuracy_reviews"] == tiny_prepared.report["rm_accuracy_reviews"]
+
+
+def test_prepare_refuses_unknown_size(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", "--size", "huge", "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown size 'huge'" in result.output
+    assert not (tmp_path / "tasks").exists()
+
+
+def test_tasks_show_imdb(tiny_home: Path, tiny_prepared: Prepared) -> None:
+    result = runner.invoke(
+        app, ["tasks", "show", "imdb-sentiment", "--home", str(tiny_home), "-o", "size=tiny"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "rm_accuracy_reviews" in result.output and "first eval prompt" in result.output
+
+
+def test_tasks_show_names_the_fix(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["tasks", "show", "imdb-sentiment", "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "shapetune prepare" in result.output
+
+
+def test_tasks_list_and_synthetic(tmp_path: Path) -> None:
+    listed = runner.invoke(app, ["tasks", "list"])
+    assert listed.exit_code == 0
+    assert all(name in listed.output for name in ("imdb-sentiment", "synthetic", "hf"))
+    shown = runner.invoke(
+        app, ["tasks", "show", "synthetic", "-o", "response_length=4", "-o", "bad"]
+    )
+    assert shown.exit_code == 2 and "not KEY=VALUE" in shown.output
+    shown = runner.invoke(app, ["tasks", "show", "synthetic", "-o", "response_length=4"])
+    assert shown.exit_code == 0 and "response_length" in shown.output

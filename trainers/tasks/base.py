@@ -1,0 +1,61 @@
+"""What every task gives the inner PPO run."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from shaping.reward_model import RewardModel
+
+Split = Literal["train", "eval"]
+
+
+class TaskError(ValueError):
+    """A task could not be built or loaded; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    description: str
+    details: dict[str, object]
+
+
+class Task(ABC):
+    """A policy to train, a reward model to shape, prompts, and optionally a gold judge.
+
+    `load_policy` returns a fresh copy every call: PPO needs the trained policy and a frozen
+    reference, and a retried trial needs the untouched start.
+    """
+
+    name: str
+    tokenizer: PreTrainedTokenizerBase
+    response_length: int
+
+    @abstractmethod
+    def load_policy(self) -> PreTrainedModel: ...
+
+    @abstractmethod
+    def load_reward_model(self) -> RewardModel: ...
+
+    @abstractmethod
+    def prompts(self, split: Split) -> list[list[int]]:
+        """Prompt token ids of the policy's tokenizer, BOS included where the policy uses one."""
+
+    def gold(self, texts: Sequence[str]) -> np.ndarray | None:
+        """An independent judge of the same texts, to expose reward hacking; None if absent."""
+        return None
+
+    @abstractmethod
+    def info(self) -> TaskInfo: ...
+
+
+def check_response_length(value: int, limit: int = 128) -> int:
+    if not 1 <= value <= limit:
+        raise TaskError(f"response_length={value} is out of range; choose 1..{limit} tokens")
+    return value

@@ -1,0 +1,1 @@
+"""imdb-sentiment: the built-in task."""

@@ -1,0 +1,101 @@
+"""Load the prepared imdb-sentiment task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from shaping.reward_model import HFRewardModel
+from trainers.tasks import cache
+from trainers.tasks.base import Split, Task, TaskError, TaskInfo, check_response_length
+from trainers.tasks.gold import vader_compound
+from trainers.tasks.imdb.config import SIZES, PrepareConfig
+from trainers.tasks.imdb.data import Example
+from trainers.tasks.imdb.prepare import STAGES, TASK_NAME, read_jsonl, task_root
+
+
+class ImdbSentimentTask(Task):
+    """Continue the opening of a held-out review; the RM rewards positive sentiment.
+
+    Prompts are the first `prompt_tokens` tokens of held-out IMDB reviews; the first
+    `eval_prompts` of them are kept for evaluation, the rest are PPO's training prompts.
+    """
+
+    name = TASK_NAME
+
+    def __init__(
+        self,
+        home: Path,
+        size: str = "default",
+        seed: int = 0,
+        prompt_tokens: int = 8,
+        response_length: int = 24,
+        eval_prompts: int = 256,
+    ) -> None:
+        if size not in SIZES:
+            raise TaskError(f"unknown size {size!r} for {TASK_NAME}; choose one of {sorted(SIZES)}")
+        if not 1 <= prompt_tokens <= 64:
+            raise TaskError(f"prompt_tokens={prompt_tokens} is out of range; choose 1..64")
+        self.root = task_root(home, PrepareConfig(size=size, seed=seed))
+        for stage in STAGES:
+            valid, reason = cache.verify_stage(self.root / stage)
+            if not valid:
+                raise TaskError(
+                    f"{TASK_NAME} (size {size}, seed {seed}) is not prepared under {home}: "
+                    f"stage {stage!r}: {reason}. Run `shapetune prepare --size {size} "
+                    f"--seed {seed}` (SHAPETUNE_HOME={home})."
+                )
+        self.size, self.seed = size, seed
+        self.prompt_tokens = prompt_tokens
+        self.response_length = check_response_length(response_length)
+        self.eval_prompts = eval_prompts
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(self.root / "policy")
+
+    @cached_property
+    def _reviews(self) -> list[Example]:
+        return [e for e in read_jsonl(self.root / "data" / "heldout.jsonl") if e.source == "imdb"]
+
+    def load_policy(self) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(self.root / "policy").eval()
+
+    def load_reward_model(self) -> HFRewardModel:
+        model = AutoModelForSequenceClassification.from_pretrained(self.root / "reward_model")
+        return HFRewardModel(model, self.tokenizer)
+
+    def prompts(self, split: Split) -> list[list[int]]:
+        reviews = (
+            self._reviews[: self.eval_prompts]
+            if split == "eval"
+            else self._reviews[self.eval_prompts :]
+        )
+        ids = self.tokenizer([e.text for e in reviews], add_special_tokens=False)["input_ids"]
+        return [[self.tokenizer.bos_token_id, *r[: self.prompt_tokens]] for r in ids]
+
+    def gold(self, texts: Sequence[str]) -> np.ndarray:
+        return vader_compound(texts)
+
+    def info(self) -> TaskInfo:
+        report = cache.read_record(self.root / "report")["info"]
+        return TaskInfo(
+            self.name,
+            "continue a held-out IMDB review opening; RM = positive-sentiment log-odds; gold = VADER",
+            {
+                "root": str(self.root),
+                "size": self.size,
+                "seed": self.seed,
+                "prompt_tokens": self.prompt_tokens,
+                "response_length": self.response_length,
+                "vocab_size": len(self.tokenizer),
+                **{k: v for k, v in report.items() if k != "samples"},
+                "samples": report.get("samples", []),
+            },
+        )
