@@ -4,6 +4,9 @@ Attribution methods ask for the values of coalitions (which response tokens are 
 rest replaced by the RM's mask token) or of prefixes. The scorer evaluates each distinct
 row once per response, packs rows from many responses into forwards of `rows_per_forward`
 rows (sorted by length, so padding stays small), and counts rows and time in the model.
+
+Batches arrive in the policy's tokens. When the RM has a tokenizer of its own, `view`
+re-tokenises a batch for it and maps credits back (see `shaping.align`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
+from shaping.align import RmView, retokenize
 from shaping.batch import RolloutBatch
 from shaping.reward_model import RewardModel
 
@@ -38,13 +43,49 @@ class ScorerStats:
 
 
 class RewardScorer:
-    def __init__(self, rm: RewardModel, rows_per_forward: int = 256) -> None:
+    """`policy_tokenizer`: the tokenizer of the batches' ids; None (or one with the RM's
+    vocabulary) means the RM reads the policy's ids as they are."""
+
+    def __init__(
+        self,
+        rm: RewardModel,
+        rows_per_forward: int = 256,
+        policy_tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
         if rows_per_forward < 1:
             raise ValueError(f"rows_per_forward={rows_per_forward} must be >= 1")
         self.rm = rm
         self.rows_per_forward = rows_per_forward
         self.stats = ScorerStats()
         self._pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
+        self.policy_tokenizer = (
+            None
+            if policy_tokenizer is None or policy_tokenizer.get_vocab() == rm.tokenizer.get_vocab()
+            else policy_tokenizer
+        )
+
+    def view(self, batch: RolloutBatch) -> RmView:
+        """The batch in the RM's tokens (itself when the RM reads the policy's ids)."""
+        if self.policy_tokenizer is None:
+            return RmView(batch)
+        return retokenize(batch, self.policy_tokenizer, self.rm.tokenizer, self._pad_id)
+
+    def score_responses(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """R = r(x, y) for policy-token prompts and responses: (B,)."""
+        if self.policy_tokenizer is None:
+            rows = [[*p, *r] for p, r in zip(prompts, responses, strict=True)]
+        else:
+            decode = self.policy_tokenizer.decode
+            texts = [
+                str(decode(list(p), skip_special_tokens=True))
+                + str(decode(list(r), skip_special_tokens=True))
+                for p, r in zip(prompts, responses, strict=True)
+            ]
+            rows = self.rm.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        self.stats.requested_rows += len(rows)
+        return torch.stack(self.score_rows(rows))
 
     @torch.no_grad()
     def score_rows(

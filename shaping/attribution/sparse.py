@@ -11,6 +11,7 @@ from shaping.batch import RolloutBatch
 class SparseAttributor(Attributor):
     name = "sparse"
     conserves = True
+    reads_rm = False
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
         return last_token(batch, batch.scores)

@@ -11,6 +11,7 @@ from shaping.batch import RolloutBatch
 class UniformAttributor(Attributor):
     name = "uniform"
     conserves = True
+    reads_rm = False
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
         per_token = batch.scores / batch.lengths  # (B,)
