@@ -21,22 +21,34 @@ from shaping.batch import BatchError, RolloutBatch
 Span = tuple[int, int]
 
 
-def decode_spans(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> tuple[str, list[Span]]:
-    """The text of `ids` and each token's character span in it, by incremental decoding.
+def decode_spans(
+    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[int], response: Sequence[int]
+) -> tuple[str, str, list[Span]]:
+    """The prompt's text, the response's text, and each response token's character span in
+    the latter, by decoding the growing row.
 
-    Incremental decoding (rather than decoding tokens one by one) keeps multi-token
-    characters and a tokenizer's space handling exactly as in the decoded text; a token that
-    adds no character gets an empty span.
+    Decoding prompt and response together (rather than each token alone, or the response
+    without its prompt) keeps the spaces and multi-byte characters between them exactly as
+    in the full text; a token that adds no character gets an empty span.
     """
+
+    def text(ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    prompt_text, full = text(prompt), text([*prompt, *response])
+    if not full.startswith(prompt_text):  # a tokenizer that rewrites across the boundary
+        prompt_text = ""
+    shift = len(prompt_text)
     spans: list[Span] = []
     previous = 0
-    for t in range(1, len(ids) + 1):
-        end = len(tokenizer.decode(list(ids[:t]), skip_special_tokens=True))
+    for t in range(1, len(response) + 1):
+        end = (
+            len(text([*prompt, *response[:t]])) - shift if t < len(response) else len(full) - shift
+        )
         end = max(end, previous)  # a partial multi-byte character can shorten the text
         spans.append((previous, end))
         previous = end
-    text = str(tokenizer.decode(list(ids), skip_special_tokens=True))
-    return text, spans
+    return prompt_text, full[shift:], spans
 
 
 def overlap_matrix(src: Sequence[Span], dst: Sequence[Span]) -> torch.Tensor:
@@ -92,8 +104,9 @@ def retokenize(
         )
     prompts, responses, maps = [], [], []
     for i in range(batch.size):
-        prompt_text = str(policy_tokenizer.decode(batch.prompt(i), skip_special_tokens=True))
-        response_text, policy_spans = decode_spans(policy_tokenizer, batch.response(i))
+        prompt_text, response_text, policy_spans = decode_spans(
+            policy_tokenizer, batch.prompt(i), batch.response(i)
+        )
         text = prompt_text + response_text
         enc = rm_tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]

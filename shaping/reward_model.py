@@ -30,6 +30,11 @@ class RewardModel(Protocol):
         """(B, T) -> (B, T): column t is the score of ids[:, : t + 1]."""
         ...
 
+    def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T): last-layer attention from the scoring position to every position,
+        averaged over heads (ABC's `a_t`); zero on padding."""
+        ...
+
 
 def head_prefix_scores(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor
@@ -86,6 +91,19 @@ class HFRewardModel:
             last = mask.sum(1) - 1
             return self.prefix_scores(ids, mask)[torch.arange(ids.shape[0]), last]
         return self.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+    def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # SDPA kernels return no attention weights; the eager path does, for this pass only.
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            out = self.model.base_model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        finally:
+            self.model.set_attn_implementation(previous)
+        last_layer = out.attentions[-1].mean(dim=1)  # (B, heads, T, T) -> (B, T, T)
+        # Decoders score at the last token, encoders at the first ([CLS]).
+        at = mask.sum(1) - 1 if self.causal else torch.zeros(ids.shape[0], dtype=torch.long)
+        return last_layer[torch.arange(ids.shape[0]), at] * mask  # (B, T)
 
     def prefix_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not self.causal:

@@ -78,9 +78,9 @@ class RewardScorer:
             rows = [[*p, *r] for p, r in zip(prompts, responses, strict=True)]
         else:
             decode = self.policy_tokenizer.decode
+            # The same text `view` re-tokenises: prompt and response decoded together.
             texts = [
-                str(decode(list(p), skip_special_tokens=True))
-                + str(decode(list(r), skip_special_tokens=True))
+                str(decode([*p, *r], skip_special_tokens=True))
                 for p, r in zip(prompts, responses, strict=True)
             ]
             rows = self.rm.tokenizer(texts, add_special_tokens=True)["input_ids"]
@@ -97,12 +97,7 @@ class RewardScorer:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for start in range(0, len(order), self.rows_per_forward):
             chunk = order[start : start + self.rows_per_forward]
-            width = len(rows[chunk[-1]])
-            ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, i in enumerate(chunk):
-                ids[j, : len(rows[i])] = torch.as_tensor(rows[i], dtype=torch.long)
-                mask[j, : len(rows[i])] = 1
+            ids, mask = self._pad([rows[i] for i in chunk])
             started = time.perf_counter()
             scores = self.rm.prefix_scores(ids, mask) if prefixes else self.rm.scores(ids, mask)
             self.stats.model_seconds += time.perf_counter() - started
@@ -152,6 +147,35 @@ class RewardScorer:
                     cursor += 1
             values.append(v[inverse])
         return values
+
+    @torch.no_grad()
+    def attention_values(self, batch: RolloutBatch) -> list[torch.Tensor]:
+        """The RM's attention from its scoring position to each response token: (T_i,) per
+        response, one row each, packed like any other rows."""
+        rows = [batch.prompt(i) + batch.response(i) for i in range(batch.size)]
+        self.stats.requested_rows += len(rows)
+        out: list[torch.Tensor] = []
+        for start in range(0, len(rows), self.rows_per_forward):
+            chunk = rows[start : start + self.rows_per_forward]
+            ids, mask = self._pad(chunk)
+            started = time.perf_counter()
+            attention = self.rm.attentions(ids, mask).float().cpu()  # (n, width)
+            self.stats.model_seconds += time.perf_counter() - started
+            self.stats.forwards += 1
+            self.stats.rows += len(chunk)
+            for j, i in enumerate(range(start, start + len(chunk))):
+                P = len(batch.prompt(i))
+                out.append(attention[j, P : len(rows[i])])
+        return out
+
+    def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[j, : len(r)] = 1
+        return ids, mask
 
     def prefix_values(self, batch: RolloutBatch) -> list[torch.Tensor]:
         """r(x, y_<t) for t = 0..T_i: (T_i + 1,) per response; entry 0 scores the prompt alone.

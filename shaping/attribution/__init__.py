@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shaping.attribution.attention import AttentionAttributor
 from shaping.attribution.base import Attributor
 from shaping.attribution.red import RedAttributor
 from shaping.attribution.shapley import ShapleyAttributor
@@ -12,7 +13,14 @@ from shaping.attribution.uniform import UniformAttributor
 from shaping.scorer import RewardScorer
 
 ATTRIBUTORS: dict[str, type[Attributor]] = {
-    cls.name: cls for cls in (SparseAttributor, UniformAttributor, RedAttributor, ShapleyAttributor)
+    cls.name: cls
+    for cls in (
+        SparseAttributor,
+        UniformAttributor,
+        RedAttributor,
+        AttentionAttributor,
+        ShapleyAttributor,
+    )
 }
 
 __all__ = ["ATTRIBUTORS", "Attributor", "make_attributor"]

@@ -86,6 +86,12 @@ class SyntheticReward(torch.nn.Module):
     def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.contributions(ids, mask).sum(dim=1)
 
+    def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """This reward has no attention layers: each position's share of the absolute
+        contributions stands in for it, so attention-based credit runs on this task too."""
+        c = self.contributions(ids, mask).abs()
+        return c / c.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
     def exact_shapley(self, prompt: list[int], response: list[int]) -> torch.Tensor:
         """Closed-form Shapley values of the response tokens as players: (T,)."""
         y = torch.tensor(response)
