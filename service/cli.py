@@ -124,6 +124,75 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+TaskOption = Annotated[
+    list[str] | None, typer.Option("--option", "-o", help="KEY=VALUE task option.")
+]
+
+
+@app.command()
+def explain(
+    text: Annotated[
+        str | None, typer.Argument(help="A response to explain (after an empty prompt).")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="The prompt, never masked.")] = None,
+    response: Annotated[str | None, typer.Option(help="The response (instead of TEXT).")] = None,
+    task_name: Annotated[str, typer.Option("--task", help="Task whose RM to explain.")] = (
+        "imdb-sentiment"
+    ),
+    option: TaskOption = None,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", "-m", help="Only these methods (repeat).")
+    ] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a heatmap page.")] = None,
+    png_out: Annotated[Path | None, typer.Option("--png", help="Write a heatmap image.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Per-token credits of one response under every method, with RM rows and time."""
+    from service.heatmap import heatmap_html, heatmap_png
+    from shaping.batch import BatchError
+    from shaping.explain import explain as run_explain
+    from trainers.tasks import TaskError, make_task
+
+    if (text is None) == (response is None):
+        raise _fail("give the response either as TEXT or as --response (not both)")
+    try:
+        task = make_task(task_name, _home(home), **_parse_options(option or []))
+        prompt_ids = task.encode_prompt(prompt or "")
+        response_ids = task.tokenizer(response or text, add_special_tokens=False)["input_ids"]
+        if not prompt_ids:
+            raise _fail(f"task {task_name!r} adds no BOS token: give a non-empty --prompt")
+        if not response_ids:
+            raise _fail("the response is empty after tokenisation: nothing to explain")
+        score, rows = run_explain(
+            task.load_reward_model(),
+            prompt_ids,
+            response_ids,
+            methods=method,
+            policy_tokenizer=task.tokenizer,
+        )
+    except (TaskError, BatchError, ValueError) as e:
+        raise _fail(str(e)) from e
+    tokens = [str(task.tokenizer.decode([t])) for t in response_ids]
+    # One row per token, one column per method: long responses grow down, not sideways.
+    table = Table(title=f"R = {score:+.4f}")
+    table.add_column("token")
+    for row in rows:
+        table.add_column(row.method, justify="right", min_width=len(row.method))
+    for t, token in enumerate(tokens):
+        table.add_row(repr(token), *(f"{row.credits[t]:+.3f}" for row in rows))
+    table.add_section()
+    table.add_row("R - sum", *(f"{row.offset:+.3f}" for row in rows))
+    table.add_row("RM rows", *(str(row.rows) for row in rows))
+    table.add_row("ms", *(f"{1000 * row.seconds:.1f}" for row in rows))
+    console.print(table)
+    if html_out:
+        html_out.write_text(heatmap_html(tokens, score, rows), encoding="utf-8")
+        console.print(f"heatmap page: {html_out}")
+    if png_out:
+        heatmap_png(tokens, score, rows, png_out)
+        console.print(f"heatmap image: {png_out}")
+
+
 @tasks_app.command("list")
 def tasks_list() -> None:
     """List the registered tasks and their options."""
@@ -143,9 +212,7 @@ def tasks_list() -> None:
 @tasks_app.command("show")
 def tasks_show(
     name: Annotated[str, typer.Argument(help="Task name (see `shapetune tasks list`).")],
-    option: Annotated[
-        list[str] | None, typer.Option("--option", "-o", help="KEY=VALUE task option.")
-    ] = None,
+    option: TaskOption = None,
     home: HomeOption = None,
 ) -> None:
     """Load a task and show what it holds: prompts, models, quality report."""

@@ -47,6 +47,10 @@ class Task(ABC):
     def prompts(self, split: Split) -> list[list[int]]:
         """Prompt token ids of the policy's tokenizer, BOS included where the policy uses one."""
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A user's prompt text in the policy's ids, built as the task builds its own."""
+        return list(self.tokenizer(text)["input_ids"])
+
     def gold(self, texts: Sequence[str]) -> np.ndarray | None:
         """An independent judge of the same texts, to expose reward hacking; None if absent."""
         return None

@@ -165,6 +165,10 @@ class SyntheticTask(Task):
     def prompts(self, split: Split) -> list[list[int]]:
         return [list(p) for p in self._prompts[split]]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [self.tokenizer.bos_token_id, *ids]
+
     def info(self) -> TaskInfo:
         return TaskInfo(
             self.name,

@@ -80,6 +80,10 @@ class ImdbSentimentTask(Task):
         ids = self.tokenizer([e.text for e in reviews], add_special_tokens=False)["input_ids"]
         return [[self.tokenizer.bos_token_id, *r[: self.prompt_tokens]] for r in ids]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [self.tokenizer.bos_token_id, *ids]
+
     def gold(self, texts: Sequence[str]) -> np.ndarray:
         return vader_compound(texts)
 
