@@ -6,7 +6,9 @@ from typing import Any
 
 from shaping.attribution.attention import AttentionAttributor
 from shaping.attribution.base import Attributor
+from shaping.attribution.lime_explainer import LimeAttributor
 from shaping.attribution.red import RedAttributor
+from shaping.attribution.shap_explainer import ShapAttributor
 from shaping.attribution.shapley import ShapleyAttributor
 from shaping.attribution.sparse import SparseAttributor
 from shaping.attribution.uniform import UniformAttributor
@@ -20,6 +22,8 @@ ATTRIBUTORS: dict[str, type[Attributor]] = {
         RedAttributor,
         AttentionAttributor,
         ShapleyAttributor,
+        ShapAttributor,
+        LimeAttributor,
     )
 }
 
