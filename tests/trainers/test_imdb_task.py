@@ -1,5 +1,7 @@
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,20 @@ def test_second_prepare_is_a_no_op(tiny_home: Path, tiny_prepared: Prepared) -> 
     again = prepare(tiny_home, PrepareConfig(size="tiny"))
     assert not any(rec.built for rec in again.stages.values())
     assert again.report == tiny_prepared.report
+
+
+def test_a_cached_prepare_loads_no_model_library(tiny_home: Path, tiny_prepared: Prepared) -> None:
+    """The no-op path only hashes files: torch and transformers stay unimported."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from trainers.tasks.imdb.config import PrepareConfig\n"
+        "from trainers.tasks.imdb.prepare import prepare\n"
+        f"result = prepare(Path({str(tiny_home)!r}), PrepareConfig(size='tiny'))\n"
+        "assert not any(s.built for s in result.stages.values())\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_two_clean_builds_give_identical_weights(tmp_path: Path, tiny_prepared: Prepared) -> None:

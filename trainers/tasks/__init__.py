@@ -7,19 +7,19 @@ hf              user-supplied policy and reward-model directories and a prompt f
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 from typing import Any
 
 from trainers.tasks.base import Task, TaskError, TaskInfo
-from trainers.tasks.hf import HFTask
-from trainers.tasks.imdb.task import ImdbSentimentTask
-from trainers.tasks.synthetic import SyntheticTask
 
-TASKS: dict[str, type[Task]] = {
-    "imdb-sentiment": ImdbSentimentTask,
-    "synthetic": SyntheticTask,
-    "hf": HFTask,
+# Imported on first use: a task module pulls in torch and transformers, and commands such
+# as a cached `shapetune prepare` should not pay for that.
+TASKS: dict[str, str] = {
+    "imdb-sentiment": "trainers.tasks.imdb.task:ImdbSentimentTask",
+    "synthetic": "trainers.tasks.synthetic:SyntheticTask",
+    "hf": "trainers.tasks.hf:HFTask",
 }
 
 __all__ = ["TASKS", "Task", "TaskError", "TaskInfo", "make_task", "task_options"]
@@ -51,4 +51,6 @@ def make_task(name: str, home: Path, **options: Any) -> Task:
 def _task_class(name: str) -> type[Task]:
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    return TASKS[name]
+    module, _, cls = TASKS[name].partition(":")
+    task_class: type[Task] = getattr(importlib.import_module(module), cls)
+    return task_class

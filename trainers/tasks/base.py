@@ -5,12 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # annotations only: importing this module stays cheap
+    import numpy as np
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from shaping.reward_model import RewardModel
+    from shaping.reward_model import RewardModel
 
 Split = Literal["train", "eval"]
 

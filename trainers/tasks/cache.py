@@ -96,6 +96,18 @@ def read_record(folder: Path) -> dict[str, Any]:
     return json.loads((folder / RECORD).read_text())
 
 
+def valid_record(folder: Path, key: dict[str, Any]) -> StageRecord | None:
+    """The record of `folder` if it is a valid build of `key`, else None."""
+    digest = key_hash(key)
+    valid, reason = check_stage(folder, digest)
+    if not valid:
+        if folder.exists():
+            logger.warning("stage %s: cached copy rejected (%s)", folder.name, reason)
+        return None
+    info = read_record(folder).get("info", {})
+    return StageRecord(folder.name, folder, digest, info, built=False)
+
+
 def cached_stage(
     root: Path,
     name: str,
@@ -112,13 +124,10 @@ def cached_stage(
     folder = root / name
     digest = key_hash(key)
     if not force:
-        valid, reason = check_stage(folder, digest)
-        if valid:
-            record = read_record(folder)
+        cached = valid_record(folder, key)
+        if cached is not None:
             logger.info("stage %s: cached and valid, skipped", name)
-            return StageRecord(name, folder, digest, record.get("info", {}), built=False)
-        if folder.exists():
-            logger.warning("stage %s: cached copy rejected (%s); rebuilding", name, reason)
+            return cached
     partial = root / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

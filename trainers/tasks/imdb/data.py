@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -87,3 +89,14 @@ def split_corpus(
         val += [items[j] for j in order[n_held : n_held + n_val]]
         train += [items[j] for j in order[n_held + n_val :]]
     return Splits(train=train, validation=val, heldout=held)
+
+
+def write_jsonl(path: Path, examples: list[Example]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps({"text": e.text, "label": e.label, "source": e.source}) + "\n")
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    with open(path, encoding="utf-8") as f:
+        return [Example(**json.loads(line)) for line in f if line.strip()]

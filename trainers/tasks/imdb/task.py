@@ -19,8 +19,8 @@ from trainers.tasks import cache
 from trainers.tasks.base import Split, Task, TaskError, TaskInfo, check_response_length
 from trainers.tasks.gold import vader_compound
 from trainers.tasks.imdb.config import SIZES, PrepareConfig
-from trainers.tasks.imdb.data import Example
-from trainers.tasks.imdb.prepare import STAGES, TASK_NAME, read_jsonl, task_root
+from trainers.tasks.imdb.data import Example, read_jsonl
+from trainers.tasks.imdb.prepare import STAGES, TASK_NAME, task_root
 
 
 class ImdbSentimentTask(Task):
