@@ -1,0 +1,615 @@
+"""PPO that learns from per-token rewards: the inner run of a shapetune study.
+
+One loop in paper order, in the manner of CleanRL's `ppo.py`; the reward, KL and whitening
+follow TRL v1.12's `trl/experimental/ppo/ppo_trainer.py`, with phase 4 ("compute
+rewards") replaced by the shaped dense rewards. Each PPO step:
+
+    1. rollout      sample a response to each of B prompts (ends at its first EOS)
+    2. logprobs     log pi(y_t), log pi_ref(y_t) and V(s_t) for every response token
+    3. score        R = r(x, y): one reward-model call for the batch
+    4. shape        r_t = sum_k w_k phi_k[t] - beta * KL_t
+    5. advantages   GAE(gamma, lambda), whitened over the batch's tokens
+    6. update       K epochs of minibatch clipped policy and value updates (one Adam)
+    7. evaluate     held-out prompts every `eval_interval` steps
+    8. report       hooks.report / heartbeat; checkpoint every `checkpoint_interval` steps
+
+The maths lives in `trainers.ppo_math`, the networks in `trainers.models`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from shaping.attribution import ATTRIBUTORS
+from shaping.batch import RolloutBatch
+from shaping.scorer import RewardScorer
+from shaping.shaper import Shaper
+from trainers import checkpoint
+from trainers.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, method_options
+from trainers.models import (
+    DeviceRewardModel,
+    Sequences,
+    ValueModel,
+    disable_dropout,
+    generation_config,
+    make_value_model,
+    response_logits,
+    sample,
+)
+from trainers.ppo_math import (
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+from trainers.signals import area_under_curve, distinct_n, repeated_token_fraction
+from trainers.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+TRAIN_PHASES = ("rollout", "logprobs", "score", "shape", "advantages", "update")
+EVAL_SEED = 7919
+"""Added to the run's seed for evaluation sampling, the same at every evaluation."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss, reward or value); names the step and phase."""
+
+    def __init__(self, step: int, phase: str, problem: str) -> None:
+        super().__init__(f"PPO step {step}, phase {phase!r}: {problem}")
+        self.step, self.phase = step, phase
+
+
+def _ignore_report(step: int, metrics: dict[str, float]) -> None:
+    return None
+
+
+def _ignore() -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Hooks:
+    """What the outer loop hears from an inner run, and how it stops one."""
+
+    report: Callable[[int, dict[str, float]], None] = _ignore_report
+    """After every step (step 0: the evaluation before training) with that step's metrics."""
+    heartbeat: Callable[[], None] = _ignore
+    """At the start and after every step: the run is alive."""
+    should_stop: Callable[[], bool] = _never
+    """Asked before every step; True stops the run (checkpointed) with `stopped_early`."""
+
+
+@dataclass
+class Progress:
+    """Everything about the run so far that is not weights; saved in every checkpoint."""
+
+    step: int = 0
+    curves: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Evaluation step -> eval metrics (and the training time spent by then)."""
+    samples: dict[int, list[str]] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    """The metrics of the last step."""
+    costs: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    """Cumulative training cost counters: RM rows, attribution seconds, ..."""
+    phase_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def account(self, clock: Clock, costs: dict[str, float], metrics: dict[str, float]) -> None:
+        """Add a step's time and costs to the totals; put the totals into its metrics.
+
+        Every `cost/` metric is a total over the run so far, except `cost/step_seconds`.
+        """
+        for phase, seconds in clock.seconds.items():
+            self.phase_seconds[phase] += seconds
+        for key, value in costs.items():
+            self.costs[key] += value
+        if self.costs.get("cost/responses"):
+            self.costs["cost/rm_rows_per_response"] = (
+                self.costs["cost/rm_rows"] / self.costs["cost/responses"]
+            )
+        metrics |= {f"cost/{p}_seconds": s for p, s in self.phase_seconds.items()}
+        metrics |= self.costs
+        metrics["cost/step_seconds"] = sum(clock.seconds.values())
+
+
+@dataclass
+class TrainResult:
+    curves: dict[int, dict[str, float]]
+    samples: dict[int, list[str]]
+    final: dict[str, float]
+    """The last step's metrics, the last evaluation, costs, and the area under the curve."""
+    phase_seconds: dict[str, float]
+    costs: dict[str, float]
+    steps: int
+    """Steps done (fewer than asked when stopped early)."""
+    stopped_early: bool
+    run_dir: Path | None = None
+
+
+@dataclass
+class Run:
+    """The networks and the pieces of one run."""
+
+    config: TrainConfig
+    task: Task
+    device: torch.device
+    policy: PreTrainedModel
+    ref_policy: PreTrainedModel
+    value: ValueModel
+    optimizer: torch.optim.Optimizer
+    scorer: RewardScorer
+    shaper: Shaper
+    sampling: GenerationConfig
+    evaluation: GenerationConfig
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.sampling.pad_token_id)
+
+
+class Clock:
+    """Wall time per phase; also remembers the phase in progress for error messages."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # kernels are asynchronous
+            self.seconds[phase] += time.perf_counter() - started
+
+
+def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainResult:
+    """Run (or resume, from `config.run_dir`) `config.steps` PPO steps on `task`."""
+    hooks = hooks or Hooks()
+    hooks.heartbeat()
+    run = build_run(config, task)
+    run_dir = Path(config.run_dir) if config.run_dir else None
+    progress = resume(run, run_dir) or Progress()
+    eval_prompts = task.prompts("eval")[: config.eval_prompts]
+    if progress.step == 0 and not progress.curves:
+        # Before any update: where the policy starts.
+        clock = Clock(run.device)
+        metrics = evaluate(run, eval_prompts, progress, clock)
+        progress.account(clock, {}, metrics)
+        progress.last = metrics
+        hooks.report(0, metrics)
+    stopped_early, saved = False, progress.step
+    while progress.step < config.steps:
+        if hooks.should_stop():
+            stopped_early = True
+            break
+        step = progress.step + 1
+        clock = Clock(run.device)
+        metrics, costs = ppo_step(run, step, clock)
+        if step % config.eval_interval == 0 or step == config.steps:
+            metrics |= evaluate(run, eval_prompts, progress, clock, step)
+        progress.account(clock, costs, metrics)
+        progress.step, progress.last = step, metrics
+        hooks.report(step, metrics)
+        hooks.heartbeat()
+        if run_dir and step % config.checkpoint_interval == 0:
+            save(run, progress, run_dir)
+            saved = step
+    if run_dir and saved != progress.step:
+        save(run, progress, run_dir)
+    result = _result(progress, stopped_early, run_dir)
+    if run_dir:
+        (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
+    return result
+
+
+def ppo_step(run: Run, step: int, clock: Clock) -> tuple[dict[str, float], dict[str, float]]:
+    """One PPO iteration (phases 1-6): its metrics, and its cost counters."""
+    cfg = run.config.ppo
+    prompts = batch_prompts(run.task.prompts("train"), run.config.seed, step, cfg.rollout_batch)
+
+    # 1. rollout: y ~ pi(. | x) at temperature, cut after its first EOS
+    with clock("rollout"):
+        seqs = sample(run.policy, prompts, run.sampling, run.device)
+        mask = seqs.mask  # (B, T)
+        responses = seqs.response_lists()
+
+    # 2. log pi, log pi_ref and V(s_t) of every response token, before any update
+    with clock("logprobs"):
+        logprobs, ref_logprobs, values = forward_rollout(run, seqs)
+        _finite(step, "logprobs", logprobs=logprobs, ref_logprobs=ref_logprobs, values=values)
+
+    # 3. score: R = r(x, y)
+    costs_before = run.shaper.metrics()
+    with clock("score"):
+        scores = run.scorer.score_responses(prompts, responses)  # (B,)
+        _finite(step, "score", scores=scores)
+
+    # 4. shape: r_t = sum_k w_k phi_k[t] - beta * KL_t (TRL: R on the last token only)
+    with clock("shape"):
+        batch = RolloutBatch.from_lists(prompts, responses, scores.tolist(), run.pad_id)
+        kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
+        shaped, rewards = token_rewards(run, batch, kl, mask, step)
+
+    # 5. advantages: GAE, then whitened over the batch's response tokens
+    with clock("advantages"):
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
+        advantages = masked_whiten(advantages, mask) * mask
+
+    # 6. K epochs of minibatch updates of the clipped policy and value losses
+    with clock("update"):
+        update = ppo_update(run, seqs, logprobs, values, advantages, returns, step)
+
+    shaping = run.shaper.metrics()
+    costs = {**_cost_deltas(costs_before, shaping), "cost/responses": float(len(responses))}
+    metrics = {
+        "objective/scores": float(scores.mean()),
+        "objective/kl": float(kl.sum(1).mean()),
+        "objective/entropy": float((-logprobs * mask).sum(1).mean()),
+        "objective/non_score_reward": float(-cfg.kl_coef * kl.sum(1).mean()),
+        "objective/rlhf_reward": float(scores.mean() - cfg.kl_coef * kl.sum(1).mean()),
+        "policy/response_length": float(mask.sum(1).float().mean()),
+        "policy/eos_fraction": _eos_fraction(run, responses),
+        "losses/explained_variance": float(explained_variance(values, returns, mask)),
+        **update,
+        **_shaping_metrics(run, shaped, mask),
+        **{k: v for k, v in shaping.items() if k.startswith("shaping/")},
+    }
+    return metrics, costs
+
+
+def token_rewards(
+    run: Run, batch: RolloutBatch, kl: torch.Tensor, mask: torch.Tensor, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shaped, rewards), each (B, T): the shaper's mix of credits, and that minus beta * KL."""
+    cfg = run.config.ppo
+    try:
+        shaped = run.shaper(batch).to(run.device)
+    except ValueError as e:  # a batch or credits that cannot be shaped
+        raise TrainingError(step, "shape", str(e)) from e
+    if shaped.shape != mask.shape:
+        problem = f"shaped rewards are {tuple(shaped.shape)}, responses {tuple(mask.shape)}"
+        raise TrainingError(step, "shape", problem)
+    rewards = (shaped - cfg.kl_coef * kl) * mask
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+    _finite(step, "shape", rewards=rewards)
+    return shaped, rewards
+
+
+@torch.no_grad()
+def forward_rollout(run: Run, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, ref_logprobs, values), each (B, T) and 0 on padding, in minibatch chunks."""
+    out: dict[str, list[torch.Tensor]] = defaultdict(list)
+    B, temperature = seqs.mask.shape[0], run.config.ppo.temperature
+    for idx in torch.arange(B, device=run.device).split(run.config.ppo.minibatch):
+        chunk = seqs.select(idx)
+        tokens = chunk.responses
+        logits = response_logits(run.policy, chunk, temperature)
+        out["logprobs"].append(logprobs_from_logits(logits, tokens))
+        ref_logits = response_logits(run.ref_policy, chunk, temperature)
+        out["ref"].append(logprobs_from_logits(ref_logits, tokens))
+        out["values"].append(run.value(chunk))
+    mask = seqs.mask
+    logprobs, ref, values = (torch.cat(out[k]) * mask for k in ("logprobs", "ref", "values"))
+    return logprobs, ref, values
+
+
+def ppo_update(
+    run: Run,
+    seqs: Sequences,
+    old_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    step: int,
+) -> dict[str, float]:
+    """K epochs over the rollout in shuffled minibatches; the mean of each diagnostic."""
+    cfg = run.config.ppo
+    B = seqs.mask.shape[0]
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    rng = np.random.default_rng([run.config.seed, step])  # stateless: resumes exactly
+    stats: dict[str, list[float]] = defaultdict(list)
+    for epoch in range(cfg.epochs):
+        for mb in rng.permutation(B).reshape(-1, cfg.minibatch):
+            idx = torch.as_tensor(mb, device=run.device)
+            chunk, mask = seqs.select(idx), seqs.mask[idx]
+            logits = response_logits(run.policy, chunk, cfg.temperature)  # (b, T, V)
+            logprobs = logprobs_from_logits(logits, chunk.responses)
+            values = run.value(chunk)
+            pg_loss, pg = policy_loss(
+                logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_coef
+            )
+            vf_loss, vf_clipfrac = value_loss(
+                values, old_values[idx], returns[idx], mask, cfg.value_clip_coef
+            )
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    step,
+                    "update",
+                    f"loss is {float(loss)} (epoch {epoch + 1}); "
+                    f"policy loss {float(pg_loss)}, value loss {float(vf_loss)}",
+                )
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            run.optimizer.step()
+            with torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits), mask)
+            for key, value in (
+                ("losses/policy", pg_loss),
+                ("losses/value", vf_loss),
+                ("losses/value_clipfrac", vf_clipfrac),
+                ("losses/grad_norm", grad_norm),
+                ("policy/approxkl", pg["approxkl"]),
+                ("policy/clipfrac", pg["clipfrac"]),
+                ("policy/ratio", pg["ratio"]),
+                ("policy/entropy", entropy),
+            ):
+                stats[key].append(float(value.detach()))
+    return {key: sum(v) / len(v) for key, v in stats.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    run: Run, prompts: list[list[int]], progress: Progress, clock: Clock, step: int = 0
+) -> dict[str, float]:
+    """Phase 7: responses to held-out prompts, sampled with a fixed seed (or greedy) so that
+    every evaluation draws alike; records the curve point and returns the eval metrics."""
+    B = run.config.ppo.rollout_batch
+    responses: list[list[int]] = []
+    kl: list[torch.Tensor] = []
+    with clock("evaluate"):
+        devices = [run.device] if run.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
+            torch.manual_seed(run.config.seed + EVAL_SEED)
+            for start in range(0, len(prompts), B):
+                seqs = sample(run.policy, prompts[start : start + B], run.evaluation, run.device)
+                responses += seqs.response_lists()
+                kl.append(_exact_kl(run, seqs))
+        scores = run.scorer.score_responses(prompts, responses)
+        decode = run.task.tokenizer.decode
+        texts = [
+            str(decode(p, skip_special_tokens=True)) + str(decode(r, skip_special_tokens=True))
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        gold = run.task.gold(texts)
+    metrics = {
+        "eval/rm_mean": float(scores.mean()),
+        "eval/rm_std": float(scores.std()) if len(prompts) > 1 else 0.0,
+        "eval/kl": float(torch.cat(kl).mean()),
+        "eval/length": sum(map(len, responses)) / len(responses),
+        "eval/repeated_token_fraction": repeated_token_fraction(responses),
+        "eval/distinct_1": distinct_n(responses, 1),
+        "eval/distinct_2": distinct_n(responses, 2),
+    }
+    if gold is not None:
+        metrics["eval/gold_mean"] = float(np.mean(gold))
+    train_seconds = sum(progress.phase_seconds.get(p, 0.0) for p in TRAIN_PHASES)
+    train_seconds += sum(clock.seconds.get(p, 0.0) for p in TRAIN_PHASES)
+    progress.curves[step] = {**metrics, "cost/train_seconds": train_seconds}
+    progress.samples[step] = texts[: run.config.eval_samples]
+    log.info(
+        "step %d: held-out RM %.4f, KL %.3f", step, metrics["eval/rm_mean"], metrics["eval/kl"]
+    )
+    return metrics
+
+
+def _exact_kl(run: Run, seqs: Sequences) -> torch.Tensor:
+    """sum_t KL(pi(.|s_t) || pi_ref(.|s_t)) per response, from the full distributions: (B,).
+    Exact given the prefixes, so it is valid for greedy responses too."""
+    temperature = run.config.ppo.temperature
+    logp = torch.log_softmax(response_logits(run.policy, seqs, temperature).float(), -1)
+    ref = torch.log_softmax(response_logits(run.ref_policy, seqs, temperature).float(), -1)
+    per_token = (logp.exp() * (logp - ref)).sum(-1)  # (B, T)
+    return (per_token * seqs.mask).sum(1)
+
+
+def batch_prompts(prompts: list[list[int]], seed: int, step: int, B: int) -> list[list[int]]:
+    """Step `step`'s B prompts: passes over the training prompts, each in an order drawn
+    from (seed, pass); a function of the step alone, so a resumed run sees the same ones."""
+    N = len(prompts)
+    out = []
+    for k in range((step - 1) * B, step * B):
+        order = np.random.default_rng([seed, k // N]).permutation(N)
+        out.append(prompts[int(order[k % N])])
+    return out
+
+
+def build_run(config: TrainConfig, task: Task) -> Run:
+    """Load the policy, a frozen reference copy, the value model and the reward model."""
+    if task.name != config.task.name:
+        raise ConfigError(f"task.name={config.task.name!r} but the task given is {task.name!r}")
+    device = _device(config.device)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    policy, ref_policy = task.load_policy(), task.load_policy()  # fresh copies: the start
+    _seed_everything(config.seed)  # after loading: a task may seed while building models
+    value = make_value_model(config.ppo, task, policy)
+    models: list[torch.nn.Module] = [policy, ref_policy, value]
+    for model in models:
+        disable_dropout(model)
+        model.to(device).eval()
+    ref_policy.requires_grad_(False)
+    optimizer = torch.optim.Adam(
+        [*policy.parameters(), *value.parameters()], lr=config.ppo.lr, eps=1e-5
+    )
+    rm = DeviceRewardModel(task.load_reward_model(), device)
+    scorer = RewardScorer(
+        rm, rows_per_forward=config.shaping.rows_per_forward, policy_tokenizer=task.tokenizer
+    )
+    shaper = Shaper(scorer, config.shaping.weights, _method_options(config))
+    tok = task.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad_id is None:
+        raise ConfigError(f"task {task.name!r}: the tokenizer has neither a pad nor an EOS token")
+    length = config.ppo.response_length or task.response_length
+    temperature = config.ppo.temperature
+    return Run(
+        config,
+        task,
+        device,
+        policy,
+        ref_policy,
+        value,
+        optimizer,
+        scorer,
+        shaper,
+        generation_config(tok.eos_token_id, pad_id, length, temperature, greedy=False),
+        generation_config(tok.eos_token_id, pad_id, length, temperature, config.eval_greedy),
+    )
+
+
+def save(run: Run, progress: Progress, run_dir: Path) -> None:
+    checkpoint.save(
+        {
+            "config": run.config.to_dict(),
+            "policy": run.policy.state_dict(),
+            "value": run.value.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "rng": checkpoint.rng_states(),
+            "attributor_rng": checkpoint.attributor_rng_states(run.shaper),
+            "progress": {
+                "step": progress.step,
+                "curves": progress.curves,
+                "samples": progress.samples,
+                "last": progress.last,
+                "costs": dict(progress.costs),
+                "phase_seconds": dict(progress.phase_seconds),
+            },
+        },
+        run_dir,
+    )
+    log.info("checkpoint at step %d in %s", progress.step, run_dir)
+
+
+def resume(run: Run, run_dir: Path | None) -> Progress | None:
+    """Restore the run from its folder's checkpoint; None when there is none."""
+    state = checkpoint.load(run_dir) if run_dir else None
+    if state is None:
+        return None
+    mine, theirs = run.config.to_dict(), state["config"]
+    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+    if changed:
+        raise ConfigError(
+            f"run_dir={str(run_dir)!r} holds a run with another configuration (differs in "
+            f"{changed}); give a new run_dir, or the same configuration to resume it"
+        )
+    run.policy.load_state_dict(state["policy"])
+    run.value.load_state_dict(state["value"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    checkpoint.set_rng_states(state["rng"])
+    checkpoint.set_attributor_rng_states(run.shaper, state["attributor_rng"])
+    saved = state["progress"]
+    progress = Progress(
+        step=saved["step"],
+        curves={int(k): v for k, v in saved["curves"].items()},
+        samples={int(k): v for k, v in saved["samples"].items()},
+        last=saved["last"],
+        costs=defaultdict(float, saved["costs"]),
+        phase_seconds=defaultdict(float, saved["phase_seconds"]),
+    )
+    log.info("resumed %s at step %d", run_dir, progress.step)
+    return progress
+
+
+def _result(progress: Progress, stopped_early: bool, run_dir: Path | None) -> TrainResult:
+    costs = dict(progress.costs)
+    final = dict(progress.last)
+    if progress.curves:
+        final |= progress.curves[max(progress.curves)]
+        final["objective/eval_rm_auc"] = area_under_curve(progress.curves, "eval/rm_mean")
+    final |= costs
+    return TrainResult(
+        curves=progress.curves,
+        samples=progress.samples,
+        final=final,
+        phase_seconds=dict(progress.phase_seconds),
+        costs=costs,
+        steps=progress.step,
+        stopped_early=stopped_early,
+        run_dir=run_dir,
+    )
+
+
+def _cost_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """This step's share of the shaper's cumulative cost counters."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith("cost/")}
+
+
+def _shaping_metrics(run: Run, shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How dense the shaped reward is: the last token's share of |r_t|, and the prompt-only
+    offset R - sum_t r_t that shaping took out of the return."""
+    lengths = mask.sum(1)
+    last = shaped[torch.arange(shaped.shape[0], device=shaped.device), lengths - 1].abs()
+    total = shaped.abs().sum(1).clamp_min(1e-8)
+    return {
+        "shaping/last_token_share": float((last / total).mean()),
+        "shaping/offset_mean": float(run.shaper.last_offsets.mean()),
+    }
+
+
+def _eos_fraction(run: Run, responses: list[list[int]]) -> float:
+    eos = run.task.tokenizer.eos_token_id
+    return sum(bool(r) and r[-1] == eos for r in responses) / len(responses)
+
+
+def _finite(step: int, phase: str, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            rows = sorted({int(i) for i in bad.nonzero()[:, 0].tolist()})
+            raise TrainingError(
+                step, phase, f"{name} is not finite (NaN or inf) in row(s) {rows[:8]} of the batch"
+            )
+
+
+def _method_options(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The configured options; a weighted method that takes a seed gets the run's."""
+    options = {k: dict(v) for k, v in config.shaping.options.items()}
+    for method in config.shaping.weights:
+        if method in ATTRIBUTORS and "seed" in method_options(method):
+            options.setdefault(method, {}).setdefault("seed", config.seed)
+    return options
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} but MPS is not available here; use 'cpu' or 'auto'")
+    return device
