@@ -6,13 +6,16 @@ import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from service.settings import get_settings
+
+if TYPE_CHECKING:
+    from trainers.ppo import TrainResult
 
 app = typer.Typer(
     help="Tune dense reward shaping for RLHF.", no_args_is_help=True, add_completion=False
@@ -241,6 +244,177 @@ def tasks_show(
             f"[bold]{sample['prompt']}[/bold]{sample['continuation']}  "
             f"[dim](RM {sample['rm_score']:+.2f}, VADER {sample['vader']:+.2f})[/dim]"
         )
+
+
+def _parse_weights(spec: str) -> dict[str, float]:
+    """Parse `shapley=0.7,sparse=0.3` into {"shapley": 0.7, "sparse": 0.3}."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, raw = part.partition("=")
+        try:
+            if not name.strip():
+                raise ValueError(part)
+            weights[name.strip()] = float(raw)
+        except ValueError:
+            raise _fail(f"--weights: {part!r} is not METHOD=WEIGHT (e.g. red=0.5)") from None
+    return weights
+
+
+def _parse_method_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """["shapley.unit=span"] -> {"shapley": {"unit": "span"}}."""
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in _parse_options(pairs).items():
+        method, dot, name = key.partition(".")
+        if not dot or not method or not name:
+            raise _fail(
+                f"--method-option {key!r}: write METHOD.OPTION=VALUE (e.g. shapley.unit=span)"
+            )
+        options.setdefault(method, {})[name] = value
+    return options
+
+
+@app.command()
+def train(
+    task_name: Annotated[str, typer.Option("--task", help="Task to train on.")] = (
+        "imdb-sentiment"
+    ),
+    weights: Annotated[
+        str, typer.Option(help="Shaping weights on the simplex, e.g. shapley=0.7,sparse=0.3.")
+    ] = "sparse=1",
+    steps: Annotated[int, typer.Option(help="PPO steps.")] = 100,
+    option: TaskOption = None,
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option("--method-option", "-m", help="METHOD.OPTION=VALUE, e.g. shapley.unit=span."),
+    ] = None,
+    ppo: Annotated[
+        list[str] | None,
+        typer.Option("--ppo", "-p", help="KEY=VALUE PPO setting, e.g. lr=1e-4, rollout_batch=32."),
+    ] = None,
+    eval_interval: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 10,
+    eval_prompts: Annotated[int, typer.Option(help="Held-out prompts per evaluation.")] = 64,
+    checkpoint_interval: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 10,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder (resumed if it holds a checkpoint); default under HOME/runs."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, batches and attribution.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch threads (0 = torch's default).")] = 0,
+    home: HomeOption = None,
+) -> None:
+    """One inner PPO run with the given shaping weights: progress, summary, learning curve."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from service.curves import learning_curve_png
+    from trainers.config import PPOConfig, ShapingConfig, TaskConfig, TrainConfig
+    from trainers.ppo import Hooks, TrainingError
+    from trainers.ppo import train as run_train
+    from trainers.tasks import TaskError, make_task
+
+    _setup_logging(verbose=False)
+    folder = run_dir or _home(home) / "runs" / f"train-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        task_options = _parse_options(option or [])
+        config = TrainConfig(
+            task=TaskConfig(task_name, task_options),
+            shaping=ShapingConfig(
+                _parse_weights(weights), _parse_method_options(method_option or [])
+            ),
+            ppo=PPOConfig(**_parse_options(ppo or [])),
+            steps=steps,
+            eval_interval=eval_interval,
+            eval_prompts=eval_prompts,
+            checkpoint_interval=checkpoint_interval,
+            run_dir=str(folder),
+            seed=seed,
+            device=device,
+            torch_threads=threads,
+        )
+        task = make_task(task_name, _home(home), **task_options)
+    except TypeError as e:  # an unknown --ppo key
+        raise _fail(f"--ppo: {e}; see `shapetune train --help`") from e
+    except (TaskError, ValueError) as e:
+        raise _fail(str(e)) from e
+    console.print(f"run folder: {folder}")
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        job = bar.add_task("PPO", total=steps)
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            held_out = metrics.get("eval/rm_mean")
+            note = f" | held-out RM {held_out:+.3f}" if held_out is not None else ""
+            score = metrics.get("objective/scores")
+            batch = f"batch RM {score:+.3f}" if score is not None else "evaluated"
+            bar.update(job, completed=step, description=f"step {step}: {batch}{note}")
+
+        try:
+            result = run_train(config, task, Hooks(report=report))
+        except (TaskError, ValueError) as e:
+            raise _fail(str(e)) from e
+        except TrainingError as e:
+            console.print(f"[red]training stopped:[/red] {e}")
+            raise typer.Exit(code=1) from e
+    _print_train_summary(result)
+    png = folder / "learning_curve.png"
+    learning_curve_png(result.curves, png, f"{task_name}: {weights}")
+    console.print(f"learning curve: {png}\nresult: {folder / 'result.json'}")
+
+
+def _print_train_summary(result: TrainResult) -> None:
+    curve = Table(title="held-out evaluation")
+    columns = [
+        ("step", None),
+        ("RM", "eval/rm_mean"),
+        ("gold", "eval/gold_mean"),
+        ("KL", "eval/kl"),
+        ("length", "eval/length"),
+        ("repeat", "eval/repeated_token_fraction"),
+        ("distinct-2", "eval/distinct_2"),
+        ("train s", "cost/train_seconds"),
+    ]
+    for name, _ in columns:
+        curve.add_column(name, justify="right")
+    for step, metrics in sorted(result.curves.items()):
+        curve.add_row(
+            str(step), *(f"{metrics[k]:.3f}" if k in metrics else "-" for _, k in columns[1:])
+        )
+    console.print(curve)
+    steps = max(result.steps, 1)
+    cost = Table(title=f"time and cost over {result.steps} steps")
+    cost.add_column("item")
+    cost.add_column("value", justify="right")
+    for phase, seconds in result.phase_seconds.items():
+        if phase == "evaluate":
+            cost.add_row("evaluation s, all evaluations", f"{seconds:.3f}")
+        else:
+            cost.add_row(f"{phase} s / step", f"{seconds / steps:.3f}")
+    shape = result.phase_seconds.get("shape", 0.0)
+    train_s = sum(s for p, s in result.phase_seconds.items() if p != "evaluate")
+    cost.add_row("shaping share of training time", f"{shape / max(train_s, 1e-9):.1%}")
+    for key in ("cost/rm_rows_per_response", "cost/attribution_seconds"):
+        if key in result.costs:
+            cost.add_row(key.removeprefix("cost/"), f"{result.costs[key]:.3f}")
+    cost.add_row(
+        "area under the held-out RM curve",
+        f"{result.final.get('objective/eval_rm_auc', float('nan')):.3f}",
+    )
+    console.print(cost)
+    if result.stopped_early:
+        console.print(f"[yellow]stopped early after {result.steps} steps[/yellow]")
+    if result.samples:
+        last = max(result.samples)
+        for text in result.samples[last]:
+            console.print(f"[dim]step {last}:[/dim] {text!r}")
 
 
 if __name__ == "__main__":

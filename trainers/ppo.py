@@ -395,7 +395,7 @@ def evaluate(
         scores = run.scorer.score_responses(prompts, responses)
         decode = run.task.tokenizer.decode
         texts = [
-            str(decode(p, skip_special_tokens=True)) + str(decode(r, skip_special_tokens=True))
+            str(decode(p + r, skip_special_tokens=True))
             for p, r in zip(prompts, responses, strict=True)
         ]
         gold = run.task.gold(texts)
