@@ -1,0 +1,50 @@
+"""Outer samplers, rebuilt from the configuration stored in the study.
+
+A sampler is rebuilt before every ask, seeded from the study seed and the number of
+finished trials: a resumed study proposes what an uninterrupted one would have, whatever
+state the old process's sampler held.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+
+class SamplerUnavailable(RuntimeError):
+    """The sampler needs an optional extra that is not installed."""
+
+
+def sampler_seed(study_seed: int, finished: int) -> int:
+    return (study_seed * 1_000_003 + finished) % (2**32)
+
+
+def make_sampler(config: dict[str, Any], finished: int) -> optuna.samplers.BaseSampler:
+    """`config`: {"name": gp|tpe|random|qnei, "seed": int, "startup_trials": int}."""
+    name, startup = config["name"], int(config["startup_trials"])
+    seed = sampler_seed(int(config["seed"]), finished)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        # constant_liar: trials still running count as bad guesses, so parallel workers
+        # spread out instead of proposing the same point.
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True
+        )
+    if name == "gp":
+        # GPSampler fits a noise level (deterministic_objective=False): PPO is noisy.
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "qnei":
+        try:
+            from optuna_integration import BoTorchSampler
+            from optuna_integration.botorch import qnei_candidates_func
+        except ImportError as e:
+            raise SamplerUnavailable(
+                "sampler 'qnei' needs BoTorch: pip install 'shapetune[botorch]' "
+                f"(or choose gp, tpe, random); import failed: {e}"
+            ) from e
+        return BoTorchSampler(
+            candidates_func=qnei_candidates_func, n_startup_trials=startup, seed=seed
+        )
+    raise ValueError(f"unknown sampler {name!r}; choose gp, tpe, random or qnei")

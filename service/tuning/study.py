@@ -1,0 +1,341 @@
+"""The coordinator: one process drives a study to its budget with Optuna's ask-and-tell.
+
+Optuna's RDB storage holds every trial (params, values, states, per-seed results in user
+attributes); the coordinator holds only what is in flight. It owns the study through a
+lease it renews; if it dies, the lease lapses, its trials stop heartbeating, and the next
+coordinator (`shapetune resume`, or the service on start) fails them and re-queues their
+parameters, whose inner runs continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import statistics
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from service.executor import Executor
+from service.store import studies as store
+from service.tuning import space
+from service.tuning.inner import run_inner
+from service.tuning.objective import direction
+from service.tuning.samplers import make_sampler
+from service.tuning.spec import StudySpec
+from service.tuning.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+class StudyBusy(RuntimeError):
+    """Another live coordinator holds the study."""
+
+
+class LeaseLost(RuntimeError):
+    """This coordinator's lease was taken over; it must stop touching the study."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Fault-detection periods (seconds). Tests shorten them."""
+
+    heartbeat: float = 10.0
+    grace: float = 60.0
+    """A trial whose inner runs have not heartbeated for this long is failed and retried."""
+    lease: float = 60.0
+    poll: float = 1.0
+
+
+@dataclass
+class Progress:
+    done: int
+    budget: int
+    running: int
+    best: float | None
+    best_weights: dict[str, float] | None
+    sparse: float | None
+    last: str = ""
+
+
+@dataclass
+class _InFlight:
+    trial: optuna.Trial
+    weights: dict[str, float]
+    knobs: dict[str, float]
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_study(
+    spec: StudySpec,
+    url: str,
+    home: Path,
+    executor: Executor,
+    *,
+    timing: Timing | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    holder: str | None = None,
+) -> Progress:
+    """Create the study if it is new, or take it over, and drive it to its budget."""
+    timing = timing or Timing()
+    holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        store.create_study(url, spec.name, spec.model_dump(mode="json"))
+    except store.StudyExists:
+        if store.get_study(url, spec.name).spec != spec.model_dump(mode="json"):
+            raise
+    if not store.acquire_lease(url, spec.name, holder, timing.lease):
+        who = store.lease_holder(url, spec.name)
+        raise StudyBusy(
+            f"study {spec.name!r} is coordinated by {who[0] if who else '?'} (lease until "
+            f"{who[1] if who else '?'} UTC); wait for it, or cancel it"
+        )
+    lost = threading.Event()
+    stop_renewing = threading.Event()
+    renewer = threading.Thread(
+        target=_renew, args=(url, spec.name, holder, timing.lease, lost, stop_renewing), daemon=True
+    )
+    renewer.start()
+    store.set_status(url, spec.name, "running", "")
+    try:
+        progress = _Loop(spec, url, home, executor, timing, lost, on_progress).run()
+    except BaseException as e:
+        executor.shutdown()
+        if not isinstance(e, LeaseLost):
+            store.set_status(url, spec.name, "interrupted", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        stop_renewing.set()
+        renewer.join()
+        if not lost.is_set():
+            store.release_lease(url, spec.name, holder)
+    return progress
+
+
+def _renew(
+    url: str, name: str, holder: str, ttl: float, lost: threading.Event, stop: threading.Event
+) -> None:
+    while not stop.wait(ttl / 3):
+        try:
+            if not store.acquire_lease(url, name, holder, ttl):
+                lost.set()
+                return
+        except store.StoreError as e:  # the database blinked: try again before the lease ends
+            log.warning("lease renewal of %s failed: %s", name, e)
+
+
+class _Loop:
+    def __init__(
+        self,
+        spec: StudySpec,
+        url: str,
+        home: Path,
+        executor: Executor,
+        timing: Timing,
+        lost: threading.Event,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.spec, self.url, self.home, self.executor = spec, url, home, executor
+        self.timing, self.lost, self.on_progress = timing, lost, on_progress
+        self.storage = open_storage(url, timing.heartbeat, timing.grace)
+        self.study = _open_study(spec, self.storage)
+        self.sampler_config: dict[str, Any] = self.study.user_attrs["sampler"]
+        self.in_flight: dict[int, _InFlight] = {}  # trial number -> its runs
+        self.queue: list[dict[str, Any]] = []  # jobs waiting for a free worker slot
+        self.failures = sum(
+            1 for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("failed_for")
+        )
+
+    def run(self) -> Progress:
+        while True:
+            if self.lost.is_set():
+                raise LeaseLost(f"another coordinator took study {self.spec.name!r} over")
+            status = store.get_study(self.url, self.spec.name).status
+            if status in ("cancelling", "cancelled"):
+                return self._finish("cancelled", "cancelled by request")
+            for flight in self.in_flight.values():  # queued runs have no worker beating yet
+                self.storage.record_heartbeat(flight.trial._trial_id)
+            optuna.storages.fail_stale_trials(self.study)
+            done = self._count(TrialState.COMPLETE)
+            if done >= self.spec.budget and not self.in_flight:
+                return self._finish("completed", "")
+            if self.failures >= self.spec.max_failures:
+                return self._finish(
+                    "failed", f"{self.failures} trials failed (max_failures); see their reasons"
+                )
+            while done + len(self.in_flight) < self.spec.budget and not self.queue:
+                self._start_trial()
+            while self.queue and self.executor.running() < self.executor.slots:
+                self.executor.submit(run_inner, self.queue.pop(0))
+            for outcome in self.executor.wait(self.timing.poll):
+                self._record(outcome.job, outcome.result, outcome.error)
+
+    def _count(self, state: TrialState) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(state,)))
+
+    def _start_trial(self) -> None:
+        finished = len(self.study.get_trials(deepcopy=False, states=_FINISHED))
+        self.study.sampler = make_sampler(self.sampler_config, finished)
+        trial = self.study.ask()
+        weights, knobs = space.suggest(trial, self.spec)
+        trial.set_user_attr("weights", weights)
+        trial.set_user_attr("knobs", knobs)
+        self.in_flight[trial.number] = _InFlight(trial, weights, knobs)
+        run_key = _run_key(trial.params)
+        for k in range(self.spec.seeds):
+            config = self.spec.train_config(weights, knobs, seed=self.spec.seed + k)
+            self.queue.append(
+                {
+                    "study": self.spec.name,
+                    "storage": self.url,
+                    "trial_id": trial._trial_id,
+                    "trial_number": trial.number,
+                    "seed_index": k,
+                    "config": config.to_dict(),
+                    "home": str(self.home),
+                    # Named by the parameters, not the trial: a retried trial (a new
+                    # number, the same parameters) continues from the checkpoint.
+                    "run_dir": str(
+                        self.home / "studies" / self.spec.name / "runs" / run_key / f"seed{k}"
+                    ),
+                    "heartbeat_s": self.timing.heartbeat,
+                    "objective": self.spec.objective,
+                    "target": self.spec.target,
+                    "prune": self.spec.pruner != "none",
+                }
+            )
+
+    def _record(
+        self, job: dict[str, Any], result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        flight = self.in_flight.get(job["trial_number"])
+        if flight is None:
+            return
+        flight.results[job["seed_index"]] = result or {"error": error or "no result"}
+        if len(flight.results) < self.spec.seeds:
+            return
+        del self.in_flight[job["trial_number"]]
+        self._tell(flight)
+
+    def _tell(self, flight: _InFlight) -> None:
+        trial, seeds = flight.trial, [flight.results[k] for k in sorted(flight.results)]
+        errors = [r["error"] for r in seeds if r.get("error")]
+        if errors:
+            trial.set_user_attr("failed_for", errors[0])
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.failures += 1
+            log.warning("trial %d failed: %s", trial.number, errors[0])
+            self._report(f"trial {trial.number} failed: {errors[0]}")
+            return
+        values = [float(r["value"]) for r in seeds]
+        trial.set_user_attr("seed_values", values)
+        trial.set_user_attr("stderr", _stderr(values))
+        trial.set_user_attr("curves", [r["curve"] for r in seeds])
+        trial.set_user_attr(
+            "final",
+            seeds[0]["final"] if len(seeds) == 1 else _mean_dicts([r["final"] for r in seeds]),
+        )
+        trial.set_user_attr("samples", seeds[0]["samples"])
+        if any(r.get("pruned") for r in seeds):
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self._report(f"trial {trial.number} pruned")
+            return
+        if not all(math.isfinite(v) for v in values):
+            trial.set_user_attr("failed_for", f"non-finite objective values {values}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.failures += 1
+            return
+        self.study.tell(trial, statistics.fmean(values))
+        self._report(
+            f"trial {trial.number}: {statistics.fmean(values):.4f} ± {_stderr(values):.4f}"
+        )
+
+    def _report(self, last: str) -> None:
+        if self.on_progress:
+            self.on_progress(self.progress(last))
+
+    def progress(self, last: str = "") -> Progress:
+        return summarize(self.study, self.spec, running=len(self.in_flight), last=last)
+
+    def _finish(self, status: str, message: str) -> Progress:
+        self.executor.shutdown()
+        for flight in self.in_flight.values():  # cancelled mid-run
+            flight.trial.set_user_attr("failed_for", message or status)
+            self.study.tell(flight.trial, state=TrialState.FAIL)
+        self.in_flight.clear()
+        _fail_orphans(self.study, "abandoned by a coordinator that died; the budget was met")
+        store.set_status(self.url, self.spec.name, status, message)
+        return self.progress(status)
+
+
+_FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=direction(spec.objective),
+        load_if_exists=True,
+    )
+    if "spec" not in study.user_attrs:  # new: record how to rebuild it, queue the baselines
+        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr(
+            "sampler",
+            {"name": spec.sampler, "seed": spec.seed, "startup_trials": spec.startup_trials},
+        )
+        if spec.control_arms:
+            for label, params in space.control_arms(spec):
+                study.enqueue_trial(params, user_attrs={"label": label})
+    return study
+
+
+def _fail_orphans(study: optuna.Study, reason: str) -> None:
+    """RUNNING trials nobody runs any more: this coordinator holds the lease, so they belong
+    to a dead one. Their parameters were or will be retried; they must not stay open."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "failed_for", reason)
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+
+
+def _run_key(params: dict[str, Any]) -> str:
+    blob = json.dumps({k: round(float(v), 12) for k, v in sorted(params.items())})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _stderr(values: list[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
+def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = set.intersection(*(set(r) for r in rows))
+    return {k: statistics.fmean(r[k] for r in rows) for k in sorted(keys)}
+
+
+def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str = "") -> Progress:
+    """Trials done of the budget, the incumbent (best mean over seeds) and the sparse arm."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = None
+    if complete:
+        pick = min if direction(spec.objective) == "minimize" else max
+        best = pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
+    sparse = next((t.value for t in complete if t.user_attrs.get("label") == "pure sparse"), None)
+    return Progress(
+        done=len(complete),
+        budget=spec.budget,
+        running=running,
+        best=None if best is None else best.value,
+        best_weights=None if best is None else best.user_attrs.get("weights"),
+        sparse=sparse,
+        last=last,
+    )
