@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from service.settings import get_settings
+from service import cli_study as study_commands
+from service.cli_common import HomeOption, console
+from service.cli_common import fail as _fail
+from service.cli_common import resolve_home as _home
+from service.cli_common import setup_logging as _setup_logging
 
 if TYPE_CHECKING:
     from trainers.ppo import TrainResult
@@ -22,28 +24,6 @@ app = typer.Typer(
 )
 tasks_app = typer.Typer(help="The tasks PPO can run on.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
-console = Console()
-
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help="Cache folder (default: $SHAPETUNE_HOME or ~/.shapetune)."),
-]
-
-
-def _home(home: Path | None) -> Path:
-    return home.expanduser().resolve() if home else get_settings().resolved_home()
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -416,6 +396,8 @@ def _print_train_summary(result: TrainResult) -> None:
         for text in result.samples[last]:
             console.print(f"[dim]step {last}:[/dim] {text!r}")
 
+
+study_commands.register(app)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,36 @@
+"""What every `shapetune` command shares: the console, the home folder, failing cleanly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from service.settings import get_settings
+
+console = Console()
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="Cache folder (default: $SHAPETUNE_HOME or ~/.shapetune)."),
+]
+
+
+def resolve_home(home: Path | None) -> Path:
+    return home.expanduser().resolve() if home else get_settings().resolved_home()
+
+
+def fail(message: str) -> typer.Exit:
+    """Print the problem and return the exit to raise (code 2: bad input)."""
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

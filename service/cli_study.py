@@ -1,0 +1,252 @@
+"""`shapetune run | resume | status | cancel | schema`: tuning studies from the terminal."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from service.cli_common import HomeOption, console, fail, resolve_home, setup_logging
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--storage", help="Study database URL (default: SQLite under the home)."),
+]
+ExecutorOption = Annotated[
+    str | None, typer.Option("--executor", help="Override the spec's executor: ray or inline.")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
+]
+
+
+def register(app: typer.Typer) -> None:
+    for command in (run, resume, status, cancel, schema):
+        app.command()(command)
+
+
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="Study spec, YAML or JSON.")],
+    storage: StorageOption = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Run a tuning study in the foreground until its budget of completed trials."""
+    from service.tuning.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+    except SpecError as e:
+        raise fail(str(e)) from e
+    _drive(spec, storage or spec.storage, executor, ray_address, resolve_home(home), new=True)
+
+
+def resume(
+    name: Annotated[str, typer.Argument(help="The study to continue.")],
+    storage: StorageOption = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Continue an interrupted study to its total budget (its trials resume where they were)."""
+    from service.store.studies import StoreError, get_study
+    from service.tuning.spec import parse_spec
+
+    home_dir = resolve_home(home)
+    url = _url(storage, home_dir)
+    try:
+        spec = parse_spec(get_study(url, name).spec)
+    except StoreError as e:
+        raise fail(str(e)) from e
+    _drive(spec, url, executor, ray_address, home_dir, new=False)
+
+
+def _url(storage: str | None, home: Path) -> str:
+    from service.store.db import default_url
+
+    return storage or default_url(home)
+
+
+def _drive(
+    spec: Any,
+    storage: str | None,
+    executor: str | None,
+    ray_address: str | None,
+    home: Path,
+    new: bool,
+) -> None:
+    from service.executor import make_executor
+    from service.store.studies import StoreError, StudyExists, get_study
+    from service.tuning.study import StudyBusy, run_study
+    from trainers.tasks import TaskError, make_task
+
+    setup_logging(verbose=False)
+    url = _url(storage, home)
+    try:
+        if new and get_study_or_none(url, spec.name) is not None:
+            raise StudyExists(
+                f"a study named {spec.name!r} exists in {url}; `shapetune resume {spec.name}` "
+                "continues it, or give the spec another name"
+            )
+        make_task(spec.task.name, home, **spec.task.options)  # refuse before writing anything
+        runner = make_executor(
+            executor or spec.executor,
+            cpus=spec.resources.cpus,
+            gpus=spec.resources.gpus,
+            workers=spec.resources.workers,
+            ray_address=ray_address,
+        )
+    except (StoreError, TaskError, ValueError, RuntimeError) as e:
+        raise fail(str(e)) from e
+    console.print(
+        f"study [bold]{spec.name}[/bold]: {spec.budget} trials x {spec.seeds} seeds, "
+        f"{runner.slots} inner run(s) at once, store {url}"
+    )
+    started = time.monotonic()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        job = bar.add_task("trials", total=spec.budget)
+
+        def show(p: Any) -> None:
+            best = "-" if p.best is None else f"{p.best:.4f}"
+            sparse = "-" if p.sparse is None else f"{p.sparse:.4f}"
+            bar.update(job, completed=p.done, description=f"best {best} (sparse {sparse})")
+            bar.console.log(p.last)
+
+        try:
+            final = run_study(spec, url, home, runner, on_progress=show)
+        except (StudyBusy, StoreError) as e:
+            raise fail(str(e)) from e
+        except KeyboardInterrupt:
+            console.print(f"interrupted: `shapetune resume {spec.name}` continues it")
+            raise typer.Exit(code=130) from None
+    console.print(f"{final.last} in {time.monotonic() - started:.0f} s")
+    _print_study(url, spec.name)
+    status_now = get_study(url, spec.name).status
+    if status_now != "completed":
+        raise typer.Exit(code=1)
+
+
+def get_study_or_none(url: str, name: str) -> Any:
+    from service.store.studies import StudyNotFound, get_study
+
+    try:
+        return get_study(url, name)
+    except StudyNotFound:
+        return None
+
+
+def _print_study(url: str, name: str) -> None:
+    from service.tuning.report import study_report
+
+    report = study_report(url, name)
+    table = Table(title=f"{name}: {report['status']}, {report['done']}/{report['budget']} trials")
+    for column in ("trial", "arm", "weights", "objective", "± s.e.", "seeds", "state"):
+        table.add_column(column, justify="right" if column in ("objective", "± s.e.") else "left")
+    for t in report["trials"]:
+        table.add_row(
+            str(t["number"]),
+            t["label"] or ("best" if t["number"] == report["best_trial"] else ""),
+            _weights(t["weights"]),
+            _num(t["value"]),
+            _num(t["stderr"]),
+            ", ".join(f"{v:.3f}" for v in t["seed_values"]),
+            t["state"] + (f": {t['failed_for']}" if t["failed_for"] else ""),
+        )
+    console.print(table)
+    if report["best_trial"] is not None:
+        best = report["trials_by_number"][report["best_trial"]]
+        line = f"best: trial {best['number']} {_weights(best['weights'])} = {_num(best['value'])} ± {_num(best['stderr'])}"
+        if report["sparse"] is not None:
+            line += f"; pure sparse = {_num(report['sparse']['value'])} ± {_num(report['sparse']['stderr'])}"
+        console.print(line)
+
+
+def _weights(weights: dict[str, float] | None) -> str:
+    if not weights:
+        return "-"
+    return ", ".join(f"{m}={w:.2f}" for m, w in weights.items() if w >= 0.005)
+
+
+def _num(value: float | None) -> str:
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    )
+
+
+def status(
+    name: Annotated[
+        str | None, typer.Argument(help="One study's trials; all studies if omitted.")
+    ] = None,
+    storage: StorageOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """The studies in the store (or one study's trials)."""
+    from service.store.studies import StoreError
+    from service.tuning.report import studies_overview, study_report
+
+    url = _url(storage, resolve_home(home))
+    try:
+        if name:
+            if as_json:
+                report = study_report(url, name)
+                report.pop("trials_by_number")
+                typer.echo(json.dumps(report, indent=2, default=str))
+            else:
+                _print_study(url, name)
+            return
+        rows = studies_overview(url)
+    except StoreError as e:
+        raise fail(str(e)) from e
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"studies in {url}")
+    for column in ("name", "status", "trials", "best", "sparse", "coordinator"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["status"],
+            f"{r['done']}/{r['budget']}",
+            _num(r["best"]),
+            _num(r["sparse"]),
+            r["coordinator"],
+        )
+    console.print(table)
+
+
+def cancel(
+    name: Annotated[str, typer.Argument(help="The study to stop.")],
+    storage: StorageOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Stop a study: its coordinator ends the running trials and marks it cancelled."""
+    from service.store.studies import StoreError, request_cancel
+
+    try:
+        now = request_cancel(_url(storage, resolve_home(home)), name)
+    except StoreError as e:
+        raise fail(str(e)) from e
+    console.print(f"{name}: {now}")
+
+
+def schema() -> None:
+    """Print the study spec's JSON schema."""
+    from service.tuning.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
