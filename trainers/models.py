@@ -10,6 +10,7 @@ position P-1+t.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -125,14 +126,18 @@ def generation_config(
 
 def response_logits(policy: PreTrainedModel, seqs: Sequences, temperature: float) -> torch.Tensor:
     """Logits of the policy's next-token distribution at each response position: (B, T, V)."""
+    T = seqs.query_responses.shape[1] - seqs.context_length
+    # Models that can skip the LM head on the prompt positions are asked to.
+    keeps = "logits_to_keep" in inspect.signature(policy.forward).parameters
+    keep = {"logits_to_keep": T + 1} if keeps else {}
     out = policy(
         input_ids=seqs.query_responses,
         attention_mask=seqs.attention_mask,
         position_ids=position_ids(seqs.attention_mask),
         use_cache=False,
+        **keep,
     )
-    P = seqs.context_length
-    return out.logits[:, P - 1 : -1] / temperature
+    return out.logits[:, -(T + 1) : -1] / temperature
 
 
 class ValueModel(torch.nn.Module):

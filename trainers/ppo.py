@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from collections import defaultdict
@@ -163,6 +164,8 @@ class Run:
     shaper: Shaper
     sampling: GenerationConfig
     evaluation: GenerationConfig
+    train_prompts: list[list[int]]
+    eval_prompts: list[list[int]]
 
     @property
     def pad_id(self) -> int:
@@ -170,7 +173,7 @@ class Run:
 
 
 class Clock:
-    """Wall time per phase; also remembers the phase in progress for error messages."""
+    """Wall time per phase of one step."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -194,11 +197,10 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
     run = build_run(config, task)
     run_dir = Path(config.run_dir) if config.run_dir else None
     progress = resume(run, run_dir) or Progress()
-    eval_prompts = task.prompts("eval")[: config.eval_prompts]
     if progress.step == 0 and not progress.curves:
         # Before any update: where the policy starts.
         clock = Clock(run.device)
-        metrics = evaluate(run, eval_prompts, progress, clock)
+        metrics = evaluate(run, progress, clock)
         progress.account(clock, {}, metrics)
         progress.last = metrics
         hooks.report(0, metrics)
@@ -211,7 +213,7 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
         clock = Clock(run.device)
         metrics, costs = ppo_step(run, step, clock)
         if step % config.eval_interval == 0 or step == config.steps:
-            metrics |= evaluate(run, eval_prompts, progress, clock, step)
+            metrics |= evaluate(run, progress, clock, step)
         progress.account(clock, costs, metrics)
         progress.step, progress.last = step, metrics
         hooks.report(step, metrics)
@@ -223,14 +225,16 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
         save(run, progress, run_dir)
     result = _result(progress, stopped_early, run_dir)
     if run_dir:
-        (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
+        tmp = run_dir / ".result.json.tmp"
+        tmp.write_text(json.dumps(asdict(result), indent=1, default=str))
+        os.replace(tmp, run_dir / "result.json")
     return result
 
 
 def ppo_step(run: Run, step: int, clock: Clock) -> tuple[dict[str, float], dict[str, float]]:
     """One PPO iteration (phases 1-6): its metrics, and its cost counters."""
     cfg = run.config.ppo
-    prompts = batch_prompts(run.task.prompts("train"), run.config.seed, step, cfg.rollout_batch)
+    prompts = batch_prompts(run.train_prompts, run.config.seed, step, cfg.rollout_batch)
 
     # 1. rollout: y ~ pi(. | x) at temperature, cut after its first EOS
     with clock("rollout"):
@@ -376,12 +380,10 @@ def ppo_update(
 
 
 @torch.no_grad()
-def evaluate(
-    run: Run, prompts: list[list[int]], progress: Progress, clock: Clock, step: int = 0
-) -> dict[str, float]:
+def evaluate(run: Run, progress: Progress, clock: Clock, step: int = 0) -> dict[str, float]:
     """Phase 7: responses to held-out prompts, sampled with a fixed seed (or greedy) so that
     every evaluation draws alike; records the curve point and returns the eval metrics."""
-    B = run.config.ppo.rollout_batch
+    prompts, B = run.eval_prompts, run.config.ppo.rollout_batch
     responses: list[list[int]] = []
     kl: list[torch.Tensor] = []
     with clock("evaluate"):
@@ -464,6 +466,12 @@ def build_run(config: TrainConfig, task: Task) -> Run:
         rm, rows_per_forward=config.shaping.rows_per_forward, policy_tokenizer=task.tokenizer
     )
     shaper = Shaper(scorer, config.shaping.weights, _method_options(config))
+    train_prompts, eval_prompts = task.prompts("train"), task.prompts("eval")
+    if not train_prompts or not eval_prompts:
+        raise ConfigError(
+            f"task {task.name!r} has {len(train_prompts)} training and {len(eval_prompts)} "
+            "held-out prompts; PPO needs both"
+        )
     tok = task.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if pad_id is None:
@@ -482,6 +490,8 @@ def build_run(config: TrainConfig, task: Task) -> Run:
         shaper,
         generation_config(tok.eos_token_id, pad_id, length, temperature, greedy=False),
         generation_config(tok.eos_token_id, pad_id, length, temperature, config.eval_greedy),
+        train_prompts,
+        eval_prompts[: config.eval_prompts],
     )
 
 
