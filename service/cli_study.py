@@ -91,12 +91,16 @@ def _drive(
     setup_logging(verbose=False)
     url = _url(storage, home)
     try:
-        if new and get_study_or_none(url, spec.name) is not None:
+        # Refuse a task that cannot be built before the store is opened: that writes.
+        make_task(spec.task.name, home, **spec.task.options)
+        existing = get_study_or_none(url, spec.name) if new else None
+        if existing is not None and existing.spec != spec.model_dump(mode="json"):
             raise StudyExists(
-                f"a study named {spec.name!r} exists in {url}; `shapetune resume {spec.name}` "
-                "continues it, or give the spec another name"
+                f"a study named {spec.name!r} with another spec exists in {url}; "
+                f"`shapetune resume {spec.name}` continues it, or give the spec another name"
             )
-        make_task(spec.task.name, home, **spec.task.options)  # refuse before writing anything
+        if existing is not None:
+            console.print(f"study {spec.name!r} exists with this spec: continuing it")
         runner = make_executor(
             executor or spec.executor,
             cpus=spec.resources.cpus,
