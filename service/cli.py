@@ -297,6 +297,7 @@ def train(
     from trainers.tasks import TaskError, make_task
 
     _setup_logging(verbose=False)
+    _quiet_transformers()
     folder = run_dir or _home(home) / "runs" / f"train-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         task_options = _parse_options(option or [])
@@ -348,6 +349,15 @@ def train(
     png = folder / "learning_curve.png"
     learning_curve_png(result.curves, png, f"{task_name}: {weights}")
     console.print(f"learning curve: {png}\nresult: {folder / 'result.json'}")
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading bars, and no padding warning for generate's finished rows (the
+    trainer masks everything after a response's EOS itself)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _print_train_summary(result: TrainResult) -> None:

@@ -211,9 +211,11 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
             break
         step = progress.step + 1
         clock = Clock(run.device)
-        metrics, costs = ppo_step(run, step, clock)
+        metrics, costs = ppo_step(run, step, clock)  # phases 1-6
+        # 7. evaluate on held-out prompts
         if step % config.eval_interval == 0 or step == config.steps:
             metrics |= evaluate(run, progress, clock, step)
+        # 8. report, and checkpoint
         progress.account(clock, costs, metrics)
         progress.step, progress.last = step, metrics
         hooks.report(step, metrics)
@@ -270,12 +272,13 @@ def ppo_step(run: Run, step: int, clock: Clock) -> tuple[dict[str, float], dict[
 
     shaping = run.shaper.metrics()
     costs = {**_cost_deltas(costs_before, shaping), "cost/responses": float(len(responses))}
+    mean_kl = float(kl.sum(1).mean())  # per response, as TRL reports it
     metrics = {
         "objective/scores": float(scores.mean()),
-        "objective/kl": float(kl.sum(1).mean()),
+        "objective/kl": mean_kl,
         "objective/entropy": float((-logprobs * mask).sum(1).mean()),
-        "objective/non_score_reward": float(-cfg.kl_coef * kl.sum(1).mean()),
-        "objective/rlhf_reward": float(scores.mean() - cfg.kl_coef * kl.sum(1).mean()),
+        "objective/non_score_reward": -cfg.kl_coef * mean_kl,
+        "objective/rlhf_reward": float(scores.mean()) - cfg.kl_coef * mean_kl,
         "policy/response_length": float(mask.sum(1).float().mean()),
         "policy/eos_fraction": _eos_fraction(run, responses),
         "losses/explained_variance": float(explained_variance(values, returns, mask)),
