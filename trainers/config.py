@@ -136,7 +136,12 @@ class PPOConfig:
             self.minibatch,
             f"it must divide ppo.rollout_batch={self.rollout_batch}",
         )
-        _check(self.minibatch >= 2, "ppo.minibatch", self.minibatch, "give at least 2")
+        _check(
+            self.rollout_batch >= 2,
+            "ppo.rollout_batch",
+            self.rollout_batch,
+            "give at least 2 (advantages are whitened over the batch)",
+        )
         _in_range("ppo.lr", self.lr, 1e-12, 1.0)
         _in_range("ppo.max_grad_norm", self.max_grad_norm, 1e-6, 1e6)
         _in_range("ppo.clip_coef", self.clip_coef, 1e-6, 10.0)

@@ -241,6 +241,7 @@ def test_a_nan_reward_stops_the_run_naming_step_and_phase() -> None:
             "shaping.options.red.*keep_offset",
         ),
         (lambda: PPOConfig(rollout_batch=10, minibatch=4), "ppo.minibatch=4.*divide"),
+        (lambda: PPOConfig(rollout_batch=1, minibatch=1), "ppo.rollout_batch=1.*at least 2"),
         (lambda: PPOConfig(kl_estimator="k2"), r"ppo.kl_estimator='k2'.*\['k1', 'k3'\]"),  # type: ignore[arg-type]
         (
             lambda: PPOConfig(critic_init="value"),
