@@ -25,7 +25,6 @@ from trainers.tasks.base import Task
 class Sequences:
     """Prompts and the responses sampled for them, on the run's device."""
 
-    prompts: list[list[int]]
     query_responses: torch.Tensor  # (B, P + T)
     attention_mask: torch.Tensor  # (B, P + T) 0 on left and right padding
     context_length: int  # P
@@ -43,13 +42,7 @@ class Sequences:
         return [r[:n] for r, n in zip(self.responses.tolist(), lengths, strict=True)]
 
     def select(self, idx: torch.Tensor) -> Sequences:
-        rows = idx.tolist()
-        return Sequences(
-            [self.prompts[i] for i in rows],
-            self.query_responses[idx],
-            self.attention_mask[idx],
-            self.context_length,
-        )
+        return Sequences(self.query_responses[idx], self.attention_mask[idx], self.context_length)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -101,7 +94,6 @@ def sample(
         responses = responses.masked_fill(after_eos, pad_id)
     T = int(response_mask.sum(1).max())  # drop columns that are padding in every row
     return Sequences(
-        prompts,
         torch.cat([ids, responses[:, :T]], dim=1),
         torch.cat([mask, response_mask[:, :T]], dim=1),
         P,
