@@ -18,6 +18,17 @@ HomeOption = Annotated[
     typer.Option("--home", help="Cache folder (default: $SHAPETUNE_HOME or ~/.shapetune)."),
 ]
 
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="A running `shapetune serve`, e.g. http://127.0.0.1:8000 (default: local)."
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="SHAPETUNE_TOKEN", help="The service's bearer token."),
+]
+
 
 def resolve_home(home: Path | None) -> Path:
     return home.expanduser().resolve() if home else get_settings().resolved_home()

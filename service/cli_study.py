@@ -1,4 +1,7 @@
-"""`shapetune run | resume | status | cancel | schema`: tuning studies from the terminal."""
+"""`shapetune run | resume | status | cancel | schema`: tuning studies from the terminal.
+
+With `--url`, `status`, `resume` and `cancel` ask a running `shapetune serve` instead
+(`service.cli_remote`, which also holds `submit`)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from service.cli_common import HomeOption, console, fail, resolve_home, setup_logging
+from service.cli_common import (
+    HomeOption,
+    TokenOption,
+    UrlOption,
+    console,
+    fail,
+    resolve_home,
+    setup_logging,
+)
 
 StorageOption = Annotated[
     str | None,
@@ -28,7 +39,9 @@ RayAddressOption = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    for command in (run, resume, status, cancel, schema):
+    from service.cli_remote import submit
+
+    for command in (run, resume, status, cancel, schema, submit):
         app.command()(command)
 
 
@@ -55,8 +68,15 @@ def resume(
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
     home: HomeOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Continue an interrupted study to its total budget (its trials resume where they were)."""
+    """Continue an interrupted study to its total budget (its trials resume where they were).
+    With --url: queue it again on that service."""
+    if url:
+        from service.cli_remote import act
+
+        return act(url, token, name, "resume")
     from service.store.studies import StoreError, get_study
     from service.tuning.spec import parse_spec
 
@@ -198,8 +218,14 @@ def status(
     storage: StorageOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: HomeOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """The studies in the store (or one study's trials)."""
+    if url:
+        from service.cli_remote import status as remote_status
+
+        return remote_status(url, token, name, as_json)
     from service.store.studies import StoreError
     from service.tuning.report import studies_overview, study_report
 
@@ -238,8 +264,14 @@ def cancel(
     name: Annotated[str, typer.Argument(help="The study to stop.")],
     storage: StorageOption = None,
     home: HomeOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Stop a study: its coordinator ends the running trials and marks it cancelled."""
+    if url:
+        from service.cli_remote import act
+
+        return act(url, token, name, "cancel")
     from service.store.studies import StoreError, request_cancel
 
     try:

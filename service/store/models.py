@@ -1,5 +1,7 @@
 """The service-owned tables. Trials, params and values are Optuna's; these hold what
-Optuna does not: the submitted spec, the study's status, and the coordinator's lease."""
+Optuna does not: the submitted spec, the study's status, and the coordinator's lease.
+
+Their schema changes only through a migration under `service/store/migrations/`."""
 
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ class StudyModel(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     spec: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     owner: Mapped[str] = mapped_column(String(128), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     """Why the study failed or stopped, for people."""
-    created_at: Mapped[datetime] = mapped_column(DateTime())
+    created_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
     """Naive UTC everywhere: SQLite keeps no time zone."""
     updated_at: Mapped[datetime] = mapped_column(DateTime())
 

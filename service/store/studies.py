@@ -6,10 +6,22 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import (
+    CursorResult,
+    String,
+    cast,
+    column,
+    delete,
+    func,
+    inspect,
+    or_,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
-from service.store.db import StoreError, session_scope
+from service.store.db import StoreError, get_engine, session_scope
 from service.store.models import LeaseModel, StudyModel
 
 
@@ -19,6 +31,19 @@ class StudyExists(StoreError):
 
 class StudyNotFound(StoreError):
     pass
+
+
+class StudyStateError(StoreError):
+    """The study is in a state that does not allow the request (e.g. resuming a running one)."""
+
+
+RESUMABLE = ("interrupted", "cancelled")
+TAKEN_OVER = ("running", "cancelling")
+"""Statuses of a study whose coordinator, if its lease lapsed, died mid-run."""
+
+# Optuna's own tables, read (never written) to count trials without loading them.
+_optuna_studies = table("studies", column("study_id"), column("study_name"))
+_optuna_trials = table("trials", column("study_id"), column("state"))
 
 
 def utcnow() -> datetime:
@@ -66,6 +91,82 @@ def list_studies(url: str, status: str | None = None) -> list[StudyModel]:
         query = query.where(StudyModel.status == status)
     with session_scope(url) as s:
         return list(s.scalars(query))
+
+
+def page_studies(
+    url: str, status: str | None = None, offset: int = 0, limit: int = 100
+) -> tuple[list[StudyModel], int]:
+    """One page of studies, newest first, and how many there are in all."""
+    query = select(StudyModel)
+    if status:
+        query = query.where(StudyModel.status == status)
+    with session_scope(url) as s:
+        count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+        page = s.scalars(
+            query.order_by(StudyModel.created_at.desc(), StudyModel.name)
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(page), count
+
+
+def completed_counts(url: str, names: list[str]) -> dict[str, int]:
+    """Completed trials per study, counted in Optuna's tables (0 for a study Optuna has
+    not created yet)."""
+    counts = dict.fromkeys(names, 0)
+    if not names or not inspect(get_engine(url)).has_table("trials"):
+        return counts
+    query = (
+        select(_optuna_studies.c.study_name, func.count())
+        .join(_optuna_trials, _optuna_trials.c.study_id == _optuna_studies.c.study_id)
+        .where(
+            _optuna_studies.c.study_name.in_(names),
+            # a native enum on PostgreSQL, a string on SQLite: compare as text on both
+            cast(_optuna_trials.c.state, String) == "COMPLETE",
+        )
+        .group_by(_optuna_studies.c.study_name)
+    )
+    with session_scope(url) as s:
+        counts.update({name: n for name, n in s.execute(query).all()})
+    return counts
+
+
+def claimable_studies(url: str) -> list[str]:
+    """Studies a coordinator should drive, oldest first: those queued, then those whose
+    coordinator died (running or cancelling, with no lease or a lapsed one). A study that was
+    interrupted on purpose or by an error waits for a resume (which queues it again)."""
+    lapsed = or_(LeaseModel.study_name.is_(None), LeaseModel.expires_at < utcnow())
+    query = (
+        select(StudyModel.name)
+        .outerjoin(LeaseModel, LeaseModel.study_name == StudyModel.name)
+        .where(
+            or_(
+                StudyModel.status == "queued",
+                StudyModel.status.in_(TAKEN_OVER) & lapsed,
+            )
+        )
+        .order_by((StudyModel.status != "queued"), StudyModel.created_at)
+    )
+    with session_scope(url) as s:
+        return list(s.scalars(query))
+
+
+def requeue(url: str, name: str) -> str:
+    """Queue an interrupted or cancelled study again, for a coordinator to continue."""
+    with session_scope(url) as s:
+        result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            update(StudyModel)
+            .where(StudyModel.name == name, StudyModel.status.in_(RESUMABLE))
+            .values(status="queued", message="resume requested", updated_at=utcnow())
+        )
+    if result.rowcount:
+        return "queued"
+    status = get_study(url, name).status  # raises StudyNotFound
+    if status in ("queued", "running"):
+        return status  # already on its way: resuming twice is not an error
+    raise StudyStateError(
+        f"study {name!r} is {status}; only an interrupted or cancelled study can be resumed"
+    )
 
 
 def set_status(url: str, name: str, status: str, message: str | None = None) -> None:

@@ -1,0 +1,116 @@
+"""What routes depend on: the settings, the study database, who is calling, the spec."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from service.api.admission import admit
+from service.settings import Settings
+from service.tuning.spec import SpecError, StudySpec
+
+bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN`")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_storage(settings: SettingsDep) -> str:
+    return settings.storage_url()
+
+
+StorageDep = Annotated[str, Depends(get_storage)]
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _matches(given: str, token: SecretStr | None) -> bool:
+    return token is not None and hmac.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    )
+
+
+def _role(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> str | None:
+    if credentials is None:
+        return None
+    if _matches(credentials.credentials, settings.token):
+        return "write"
+    if _matches(credentials.credentials, settings.read_token):
+        return "read"
+    return None
+
+
+def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> HTTPException:
+    detail = "a bearer token is required" if credentials is None else "the token is not valid"
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def require_read(credentials: CredentialsDep, settings: SettingsDep) -> None:
+    open_reads = not settings.auth_reads or (settings.token is None and settings.read_token is None)
+    if not open_reads and _role(credentials, settings) is None:
+        raise _unauthorized(credentials)
+
+
+def require_write(credentials: CredentialsDep, settings: SettingsDep) -> None:
+    """Without a configured token the server binds to loopback only (`serve` refuses
+    otherwise), and writes are open to whoever can reach it."""
+    if settings.token is None:
+        return
+    role = _role(credentials, settings)
+    if role is None:
+        raise _unauthorized(credentials)
+    if role == "read":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may read but not write")
+
+
+class SpecRejectedError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(SpecError(problems).args[0])
+        self.problems = problems
+
+
+async def submitted_spec(request: Request, settings: SettingsDep) -> StudySpec:
+    """The request body as a spec this server accepts (see `service.api.admission`)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > settings.max_body_bytes:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"the spec is over {settings.max_body_bytes} bytes (SHAPETUNE_MAX_BODY_BYTES)",
+            )
+    try:
+        data = json.loads(bytes(body), parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as e:
+        raise SpecRejectedError([f"the body is not a JSON spec: {e}"]) from None
+    try:
+        return admit(data, settings)
+    except SpecError as e:
+        raise SpecRejectedError(e.problems) from None
+    except RecursionError:
+        raise SpecRejectedError(["the spec is nested too deeply"]) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a spec may hold")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+SpecDep = Annotated[StudySpec, Depends(submitted_spec)]

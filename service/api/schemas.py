@@ -1,0 +1,155 @@
+"""What the API returns. A request body that creates a study is the study spec itself
+(`StudyCreate` in the OpenAPI document is `service.tuning.spec.StudySpec`)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+
+Status = Literal[
+    "queued", "running", "completed", "failed", "cancelling", "cancelled", "interrupted"
+]
+"""`service.store.models.STATUSES`, spelled out for the OpenAPI document."""
+
+
+# Times carry their zone, as RFC 3339 asks: the service's tables keep naive UTC, Optuna
+# keeps naive local time (`datetime.now()`).
+UtcTime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.replace(tzinfo=UTC))]
+LocalTime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.astimezone())]
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no such numbers (a single seed has no s.e.)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nan(cls, data: Any) -> Any:
+        return _finite(data) if isinstance(data, dict) else data
+
+
+class StudySummary(_Public):
+    name: str
+    status: Status
+    message: str
+    """Why the study failed or stopped, or what happens next."""
+    budget: int
+    """Completed trials the study runs to."""
+    done: int
+    """Completed trials so far."""
+    created_at: UtcTime
+    updated_at: UtcTime
+
+
+class StudiesPublic(_Public):
+    data: list[StudySummary]
+    count: int
+    """Studies matching the filter, on every page."""
+
+
+class Arm(_Public):
+    """A trial as a point of comparison: a control arm, or the incumbent."""
+
+    trial: int
+    label: str
+    weights: dict[str, float] | None
+    knobs: dict[str, float]
+    value: float | None
+    """Mean objective over the trial's seeds."""
+    stderr: float | None
+    """Standard error of that mean (null with one seed)."""
+    seed_values: list[float | None]
+    state: str
+
+
+class StudyPublic(StudySummary):
+    owner: str
+    spec: dict[str, Any]
+    running: int
+    failed: int
+    coordinator: str | None
+    """Who drives the study now (null when nobody holds a live lease)."""
+    best: Arm | None
+    """The incumbent: the best mean over seeds."""
+    sparse: Arm | None
+    """The pure-sparse control arm, the baseline the shaping is meant to beat."""
+    control_arms: list[Arm]
+
+
+class TrialSummary(_Public):
+    number: int
+    state: str
+    label: str
+    weights: dict[str, float] | None
+    knobs: dict[str, float]
+    value: float | None
+    stderr: float | None
+    seed_values: list[float | None]
+    failed_for: str
+    """The trial's own error, if it failed."""
+    stopped_for: str
+    """Why it stopped for no fault of its own (a cancel, a coordinator that died)."""
+    started: LocalTime | None
+    finished: LocalTime | None
+
+
+class TrialsPublic(_Public):
+    data: list[TrialSummary]
+    count: int
+
+
+class TrialPublic(TrialSummary):
+    params: dict[str, Any]
+    """What the sampler proposed (weights are derived from these)."""
+    curves: list[dict[str, dict[str, float | None]]]
+    """Per seed: evaluation step -> held-out metrics."""
+    intermediate_values: dict[int, float | None]
+    """What the pruner saw, per step."""
+    final: dict[str, float | None]
+    """Metrics at the end of the inner runs (mean over seeds)."""
+    cost: dict[str, float | None]
+    """The `cost/` metrics among them: RM rows per response, attribution and train time."""
+    samples: list[str]
+    """Sample responses of the first seed at its last evaluation."""
+    sample_credits: list[list[float]] | None
+    """Per-token credits of the samples; null when the inner runs did not record them."""
+    sample_credits_note: str
+
+
+class StudyAction(_Public):
+    name: str
+    status: Status
+    """The study's status after the request."""
+
+
+class Health(_Public):
+    status: Literal["ok"]
+    database: str
+    """The study database, without its password."""
+    coordinator: str | None
+    """This process's coordinator (null when it runs none)."""
+    driving: str | None
+    """The study it drives now."""
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+class SpecRejected(BaseModel):
+    detail: str
+    problems: list[str]
+    """One line per offending field."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the service-owned tables (`shapetune_*`)."""

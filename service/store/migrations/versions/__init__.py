@@ -1,0 +1,1 @@
+"""One file per revision, applied in order by `service.store.db.migrate`."""

@@ -1,0 +1,155 @@
+"""The service's coordinator: a thread that treats the study database as its queue.
+
+It drives one study at a time with `run_study` (a study's own inner runs already fill the
+workers; studies queue behind each other): first the queued ones, oldest first, then any
+whose coordinator died (running, lease lapsed), so a restarted service resumes its work by
+itself. Another coordinator on the same database is safe: the study lease decides who
+drives, the other gets `StudyBusy` and moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.executor import Executor, make_executor
+from service.executor.base import Job, JobFn, Outcome
+from service.store import studies as store
+from service.tuning.spec import SpecError, parse_spec
+from service.tuning.study import LeaseLost, StudyBusy, Timing, run_study
+from trainers.tasks import TaskError, make_task
+
+log = logging.getLogger(__name__)
+
+
+class ServiceStopping(RuntimeError):
+    """The service is shutting down; the study goes back to the queue."""
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    url: str
+    home: Path
+    timing: Timing
+    poll_s: float = 2.0
+    executor: str | None = None
+    """Overrides each spec's executor (ray or inline)."""
+    ray_address: str | None = None
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.holder = f"serve:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop_event = threading.Event()
+        self.current: str | None = None
+        self._thread = threading.Thread(target=self._serve, name="coordinator", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the loop to stop and wait for it. A study it drives returns to the queue after
+        the inner runs in flight end (an inline run cannot be cut short); past `timeout_s`
+        the thread dies with the process and the study's lease lapses instead."""
+        self.stop_event.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("coordinator still driving %s at exit; its lease will lapse", self.current)
+
+    def _serve(self) -> None:
+        log.info("coordinator %s watching %s", self.holder, self.config.url)
+        while not self.stop_event.is_set():
+            try:
+                names = store.claimable_studies(self.config.url)
+            except store.StoreError as e:  # the database blinked; the next poll retries
+                log.warning("coordinator cannot list studies: %s", e)
+                names = []
+            for name in names:
+                if self.stop_event.is_set():
+                    return
+                self.current = name
+                try:
+                    self.drive(name)
+                except Exception:  # one broken study must not stop the others
+                    log.exception("coordinator: study %s stopped with an error", name)
+                finally:
+                    self.current = None
+            if not names:
+                self.stop_event.wait(self.config.poll_s)
+
+    def drive(self, name: str) -> None:
+        """Run one study to its end (or until the service stops)."""
+        url = self.config.url
+        record = store.get_study(url, name)
+        try:
+            spec = parse_spec(record.spec)
+        except SpecError as e:  # stored by another version of shapetune
+            store.set_status(url, name, "failed", str(e))
+            return
+        if record.status == "cancelling":  # its coordinator died before it could stop it
+            if store.acquire_lease(url, name, self.holder, self.config.timing.lease):
+                store.set_status(url, name, "cancelled", "cancelled by request")
+                store.release_lease(url, name, self.holder)
+            return
+        try:
+            make_task(spec.task.name, self.config.home, **spec.task.options)
+            executor = make_executor(
+                self.config.executor or spec.executor,
+                cpus=spec.resources.cpus,
+                gpus=spec.resources.gpus,
+                workers=spec.resources.workers,
+                ray_address=self.config.ray_address,
+            )
+        except (TaskError, ValueError, RuntimeError) as e:
+            store.set_status(url, name, "failed", f"cannot start: {e}")
+            return
+        log.info("coordinator %s drives study %s", self.holder, name)
+        try:
+            final = run_study(
+                spec,
+                url,
+                self.config.home,
+                _Stoppable(executor, self.stop_event),
+                timing=self.config.timing,
+                holder=self.holder,
+            )
+            log.info("study %s: %s, %d/%d trials", name, final.last, final.done, final.budget)
+        except StudyBusy as e:  # another coordinator won the lease
+            log.info("%s", e)
+        except LeaseLost as e:
+            log.warning("%s", e)
+        except ServiceStopping:
+            store.set_status(url, name, "queued", "the service stopped; it continues on restart")
+
+
+class _Stoppable(Executor):
+    """An executor that raises `ServiceStopping` once the service stops, which ends
+    `run_study` at the next moment it waits for or starts an inner run."""
+
+    def __init__(self, inner: Executor, stop: threading.Event) -> None:
+        self.inner, self.stop, self.slots = inner, stop, inner.slots
+
+    def submit(self, fn: JobFn, job: Job) -> None:
+        if self.stop.is_set():
+            raise ServiceStopping("the service is stopping")
+        self.inner.submit(fn, job)
+
+    def wait(self, timeout_s: float) -> list[Outcome]:
+        if self.stop.is_set():  # hand over what finished, so that its trial is recorded
+            done = self.inner.wait(0)
+            if done:
+                return done
+            raise ServiceStopping("the service is stopping")
+        return self.inner.wait(timeout_s)
+
+    def running(self) -> int:
+        return self.inner.running()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()

@@ -1,0 +1,120 @@
+"""Studies and trials as the API shows them: pages of studies, one study with its incumbent
+and control arms, pages of trials, one trial in full. Plain data; `service.api.schemas`
+gives it its shape."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from service.store import studies as store
+from service.store.models import StudyModel
+from service.tuning.report import study_report, trial_row
+from service.tuning.spec import StudySpec
+from service.tuning.storage import open_storage
+
+SAMPLE_CREDITS_NOTE = (
+    "per-token credits of sample responses are not recorded by the inner runs (they keep "
+    "the texts only); `shapetune explain --task TASK TEXT` computes them for any text"
+)
+
+
+class TrialNotFound(store.StoreError):
+    pass
+
+
+@cache
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """One read handle per database: opening Optuna's storage checks its schema, which
+    costs more than the reads a request makes."""
+    return open_storage(url)
+
+
+def submit(url: str, spec: StudySpec) -> dict[str, Any]:
+    """Record a study as queued (the coordinator picks it up) and return its summary."""
+    return _summary(store.create_study(url, spec.name, spec.model_dump(mode="json")), done=0)
+
+
+def study_page(url: str, status: str | None, offset: int, limit: int) -> dict[str, Any]:
+    records, count = store.page_studies(url, status, offset, limit)
+    done = store.completed_counts(url, [r.name for r in records])
+    return {"data": [_summary(r, done[r.name]) for r in records], "count": count}
+
+
+def _summary(record: StudyModel, done: int) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "status": record.status,
+        "message": record.message,
+        "budget": record.spec["budget"],
+        "done": done,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def study_detail(url: str, name: str) -> dict[str, Any]:
+    record = store.get_study(url, name)
+    report = study_report(url, name)
+    states = [t["state"] for t in report["trials"]]
+    by_number = report["trials_by_number"]
+    lease = store.lease_holder(url, name)
+    return {
+        **_summary(record, report["done"]),
+        "owner": record.owner,
+        "spec": record.spec,
+        "running": states.count(TrialState.RUNNING.name),
+        "failed": states.count(TrialState.FAIL.name),
+        "coordinator": lease[0] if lease and lease[1] >= store.utcnow() else None,
+        "best": _arm(by_number[report["best_trial"]]) if report["best_trial"] is not None else None,
+        "sparse": _arm(report["sparse"]) if report["sparse"] else None,
+        "control_arms": [_arm(t) for t in report["trials"] if t["label"]],
+    }
+
+
+def _arm(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("label", "weights", "knobs", "value", "stderr", "seed_values", "state")
+    return {"trial": row["number"], **{k: row[k] for k in keys}}
+
+
+def trial_page(url: str, name: str, offset: int, limit: int) -> dict[str, Any]:
+    store.get_study(url, name)  # a study unknown to the service is a 404, not an empty page
+    trials = _trials(url, name)
+    return {"data": [_row(t) for t in trials[offset : offset + limit]], "count": len(trials)}
+
+
+def _trials(url: str, name: str) -> list[FrozenTrial]:
+    try:
+        study_id = _storage(url).get_study_id_from_name(name)
+    except KeyError:  # queued: the coordinator has not created it in Optuna yet
+        return []
+    return _storage(url).get_all_trials(study_id, deepcopy=False)
+
+
+def _row(t: FrozenTrial) -> dict[str, Any]:
+    return {**trial_row(t), "stopped_for": t.user_attrs.get("stopped_for", "")}
+
+
+def trial_detail(url: str, name: str, number: int) -> dict[str, Any]:
+    store.get_study(url, name)
+    storage = _storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+        t = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    except KeyError:
+        raise TrialNotFound(f"study {name!r} has no trial {number}") from None
+    final = t.user_attrs.get("final", {})
+    return {
+        **_row(t),
+        "params": t.params,
+        "curves": t.user_attrs.get("curves", []),
+        "intermediate_values": t.intermediate_values,
+        "final": final,
+        "cost": {k: v for k, v in final.items() if k.startswith("cost/")},
+        "samples": t.user_attrs.get("samples", []),
+        "sample_credits": None,
+        "sample_credits_note": SAMPLE_CREDITS_NOTE,
+    }
