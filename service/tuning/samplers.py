@@ -1,8 +1,9 @@
 """Outer samplers, rebuilt from the configuration stored in the study.
 
 A sampler is rebuilt before every ask, seeded from the study seed and the number of
-finished trials: a resumed study proposes what an uninterrupted one would have, whatever
-state the old process's sampler held.
+trials started so far (finished or running): a resumed study proposes what an
+uninterrupted one would have, whatever state the old process's sampler held, and trials
+asked side by side for parallel workers get different seeds, so different proposals.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ class SamplerUnavailable(RuntimeError):
     """The sampler needs an optional extra that is not installed."""
 
 
-def sampler_seed(study_seed: int, finished: int) -> int:
-    return (study_seed * 1_000_003 + finished) % (2**32)
+def sampler_seed(study_seed: int, started: int) -> int:
+    return (study_seed * 1_000_003 + started) % (2**32)
 
 
-def make_sampler(config: dict[str, Any], finished: int) -> optuna.samplers.BaseSampler:
+def make_sampler(config: dict[str, Any], started: int) -> optuna.samplers.BaseSampler:
     """`config`: {"name": gp|tpe|random|qnei, "seed": int, "startup_trials": int}."""
     name, startup = config["name"], int(config["startup_trials"])
-    seed = sampler_seed(int(config["seed"]), finished)
+    seed = sampler_seed(int(config["seed"]), started)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":

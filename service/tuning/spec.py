@@ -23,6 +23,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TUNABLE_KNOBS = ("kl_coef", "lr", "clip_coef", "temperature", "vf_coef", "gae_lambda")
 """PPO hyper-parameters a study may search beside the weights."""
 SAMPLERS = ("gp", "tpe", "random", "qnei")
+STUDY_OWNED = {
+    "task": "the spec's `task`",
+    "seed": "from the spec's `seed`, one per inner seed",
+    "run_dir": "a folder per trial under the home, for checkpoints",
+}
+"""Inner-run fields the study sets itself; a spec that sets them would be ignored."""
 
 
 class SpecError(ValueError):
@@ -157,24 +163,35 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
+        problems = []  # all of them at once, one per line
         if self.control_arms and "sparse" not in self.methods:
-            raise ValueError(
+            problems.append(
                 "control arms compare against pure sparse: add 'sparse' to methods, "
                 "or set control_arms: false"
             )
         if self.objective == "steps_to_target" and self.target is None:
-            raise ValueError("objective 'steps_to_target' needs a `target` reward")
+            problems.append("objective 'steps_to_target' needs a `target` reward")
         if self.pruner != "none" and self.objective == "steps_to_target":
-            raise ValueError("a pruner compares reward curves; use it with objective auc or final")
+            problems.append("a pruner compares reward curves; use it with objective auc or final")
         if self.pruner != "none" and self.seeds != 1:
-            raise ValueError(
+            problems.append(
                 f"pruner {self.pruner!r} judges one curve per trial; set seeds: 1 or pruner: none"
             )
         for knob in self.knobs:
             if f"ppo.{knob}" in _flatten(self.inner):
-                raise ValueError(f"knob {knob!r} is searched; remove inner.ppo.{knob}")
-        if "shaping" in self.inner and "weights" in self.inner["shaping"]:
-            raise ValueError("inner.shaping.weights is what the study searches; remove it")
+                problems.append(f"knob {knob!r} is searched; remove inner.ppo.{knob}")
+        if isinstance(self.inner.get("shaping"), dict) and "weights" in self.inner["shaping"]:
+            problems.append("inner.shaping.weights is what the study searches; remove it")
+        for part in ("ppo", "shaping"):
+            if not isinstance(self.inner.get(part, {}), dict):
+                problems.append(
+                    f"inner.{part} is a mapping of its fields, not {self.inner[part]!r}"
+                )
+        for key, owner in STUDY_OWNED.items():
+            if key in self.inner:
+                problems.append(f"inner.{key} is set by the study ({owner}); remove it")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def train_config(
@@ -212,7 +229,7 @@ def parse_spec(data: Any) -> StudySpec:
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError([_describe(err) for err in e.errors()]) from None
+        raise SpecError([line for err in e.errors() for line in _describe(err)]) from None
     try:  # the inner run is checked by the trainer's own config, as it will be built
         first = dict.fromkeys(spec.methods, 1.0 / len(spec.methods))
         spec.train_config(first, {k: v.low for k, v in spec.knobs.items()}, spec.seed)
@@ -223,7 +240,7 @@ def parse_spec(data: Any) -> StudySpec:
     return spec
 
 
-def _describe(err: Any) -> str:
+def _describe(err: Any) -> list[str]:
     where = ".".join(str(p) for p in err["loc"]) or "spec"
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -232,7 +249,7 @@ def _describe(err: Any) -> str:
         message = "required field is missing"
     given = err.get("input")
     shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
-    return f"{where}: {message}{shown}"
+    return [f"{where}: {line}{shown}" for line in message.split("\n")]
 
 
 def load_spec(path: Path) -> StudySpec:

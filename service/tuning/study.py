@@ -111,7 +111,7 @@ def run_study(
         progress = _Loop(spec, url, home, executor, timing, lost, on_progress).run()
     except BaseException as e:
         executor.shutdown()
-        if not isinstance(e, LeaseLost):
+        if not (isinstance(e, LeaseLost) or lost.is_set()):  # the status is the new holder's
             store.set_status(url, spec.name, "interrupted", f"{type(e).__name__}: {e}")
         raise
     finally:
@@ -155,6 +155,7 @@ class _Loop:
         self.failures = sum(
             1 for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("failed_for")
         )
+        _retry_orphans(self.study)
 
     def run(self) -> Progress:
         while True:
@@ -184,8 +185,12 @@ class _Loop:
         return len(self.study.get_trials(deepcopy=False, states=(state,)))
 
     def _start_trial(self) -> None:
-        finished = len(self.study.get_trials(deepcopy=False, states=_FINISHED))
-        self.study.sampler = make_sampler(self.sampler_config, finished)
+        # Trials started so far, running ones included: trials asked side by side for
+        # parallel workers get samplers of different seeds, hence different proposals.
+        started = len(
+            self.study.get_trials(deepcopy=False, states=(*_FINISHED, TrialState.RUNNING))
+        )
+        self.study.sampler = make_sampler(self.sampler_config, started)
         trial = self.study.ask()
         weights, knobs = space.suggest(trial, self.spec)
         trial.set_user_attr("weights", weights)
@@ -250,6 +255,10 @@ class _Loop:
             self.study.tell(trial, state=TrialState.PRUNED)
             self._report(f"trial {trial.number} pruned")
             return
+        if any(r.get("stopped_early") for r in seeds):  # not pruned: the study was cancelled
+            trial.set_user_attr(STOPPED_FOR, "cancelled before its inner runs finished")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
         if not all(math.isfinite(v) for v in values):
             trial.set_user_attr("failed_for", f"non-finite objective values {values}")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -270,15 +279,17 @@ class _Loop:
     def _finish(self, status: str, message: str) -> Progress:
         self.executor.shutdown()
         for flight in self.in_flight.values():  # cancelled mid-run
-            flight.trial.set_user_attr("failed_for", message or status)
+            flight.trial.set_user_attr(STOPPED_FOR, message or status)
             self.study.tell(flight.trial, state=TrialState.FAIL)
         self.in_flight.clear()
-        _fail_orphans(self.study, "abandoned by a coordinator that died; the budget was met")
         store.set_status(self.url, self.spec.name, status, message)
         return self.progress(status)
 
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+STOPPED_FOR = "stopped_for"
+"""User attribute of a trial failed for no fault of its own (a cancel, a dead coordinator),
+beside `failed_for`, the trial's own error; only the latter counts toward max_failures."""
 
 
 def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
@@ -300,12 +311,17 @@ def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.
     return study
 
 
-def _fail_orphans(study: optuna.Study, reason: str) -> None:
-    """RUNNING trials nobody runs any more: this coordinator holds the lease, so they belong
-    to a dead one. Their parameters were or will be retried; they must not stay open."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "failed_for", reason)
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+def _retry_orphans(study: optuna.Study) -> None:
+    """RUNNING trials when a coordinator takes a study over: it holds the lease, so they
+    belong to a dead one and nobody runs them. Fail them now and re-queue their parameters
+    (as for a stale heartbeat, without waiting out the grace period), so that no proposal,
+    a control arm least of all, is lost to the crash."""
+    storage = study._storage
+    retry = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+    for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, STOPPED_FOR, "its coordinator died; retried")
+        if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and retry:
+            retry(study, t)  # `t` as it was: the retry inherits no stop reason
 
 
 def _run_key(params: dict[str, Any]) -> str:
@@ -314,7 +330,9 @@ def _run_key(params: dict[str, Any]) -> str:
 
 
 def _stderr(values: list[float]) -> float:
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):  # stdev raises on NaN
+        return float("nan")
+    return statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:

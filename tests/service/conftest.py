@@ -1,0 +1,114 @@
+"""Fixtures of the tuning-service tests: study databases on both backends (SQLite and the
+live PostgreSQL), one local Ray cluster per session, and tiny synthetic study specs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PG_SERVER = "postgres@127.0.0.1:5432"
+TINY_INNER: dict[str, Any] = {
+    "steps": 4,
+    "eval_interval": 2,
+    "eval_prompts": 8,
+    "ppo": {"rollout_batch": 8, "minibatch": 4, "epochs": 1},
+}
+"""An inner run of about half a second on one CPU thread."""
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at its end. Unreachable:
+    a failure under CI (the server is part of the test machine), a skip elsewhere."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(
+            f"postgresql://{PG_SERVER}/postgres", connect_timeout=5, autocommit=True
+        )
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_SERVER} is unreachable under CI: {e}")
+        pytest.skip(f"PostgreSQL at {PG_SERVER} is unreachable: {e}")
+    db = f"shapetune_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield f"postgresql+psycopg://{PG_SERVER}/{db}"
+    finally:
+        from service.store.db import get_engine
+
+        get_engine.cache_clear()
+        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The study database, on each backend in turn (tests use unique study names)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'studies.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def study_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_spec(study_name: str) -> Callable[..., dict[str, Any]]:
+    """A tiny valid spec on the synthetic task, as plain data; keywords override fields."""
+
+    def make(**fields: Any) -> dict[str, Any]:
+        return {
+            "name": study_name,
+            "task": {"name": "synthetic"},
+            "methods": ["sparse", "uniform", "red"],
+            "inner": TINY_INNER,
+            "seeds": 2,
+            "budget": 4,
+            "sampler": "random",
+            "executor": "inline",
+            **fields,
+        }
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster for the session: 2 CPUs on loopback only, no dashboard."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shapetune_bin() -> str:
+    """The console script of the venv running the tests."""
+    found = Path(sys.executable).parent / "shapetune"
+    return str(found) if found.exists() else shutil.which("shapetune") or "shapetune"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Heartbeats outside Study.optimize are what the coordinator needs; Optuna warns on each.
+    config.addinivalue_line("filterwarnings", "ignore::optuna.exceptions.ExperimentalWarning")
+    config.addinivalue_line("filterwarnings", "ignore:Heartbeat of storage is supposed to be used")
