@@ -46,8 +46,14 @@ def main() -> None:
     parser.add_argument("--size", default="default")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip-second-build", action="store_true", help="no determinism check")
+    parser.add_argument(
+        "--workdir", type=Path, help="build here and keep it (default: a temporary folder)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir} is not empty: a clean build needs an empty one")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.workdir or scratch
         a, b = Path(tmp) / "a", Path(tmp) / "b"
         first_s, first = run_prepare(a, args.size)
         again_s, again = run_prepare(a, args.size)

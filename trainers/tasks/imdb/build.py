@@ -193,9 +193,9 @@ def _rm_batches(
     """Batches of many texts: a review's label holds for any window of it, and the gradient
     noise that stalls a small RM falls with the number of texts per batch, not their length.
 
-    A third of the rows are short (a Rotten Tomatoes sentence, or the opening 12..136
-    tokens of a review: the prompt + continuation shape the RM judges during PPO); the rest
-    are windows of a review, from its start half of the time. Windows grow from 96 tokens to
+    `rm_short_share` of the rows are short (a Rotten Tomatoes sentence, or the opening
+    12..136 tokens of a review: the prompt + continuation shape the RM judges during PPO);
+    the rest are windows of a review, from its start half of the time. Windows grow from 96 tokens to
     `rm_block` over training: early steps, when the RM knows least, are the cheap ones.
     """
     shortest = min(96, size.rm_block)
@@ -204,8 +204,8 @@ def _rm_batches(
         block = min(size.rm_block, shortest + growth)
         rows, labels = [], []
         for _ in range(size.rm_batch):
-            if rng.random() < 0.35:
-                if rng.random() < 0.6:
+            if rng.random() < size.rm_short_share:
+                if rng.random() < size.rm_sentence_share:
                     ids, label = sentences[int(rng.integers(len(sentences)))]
                 else:
                     ids, label = reviews[int(rng.integers(len(reviews)))]

@@ -32,6 +32,13 @@ class ModelSize:
     eval_reviews: int
     """Held-out reviews and sentences used to measure perplexity and RM accuracy (0 = all)."""
     eval_sentences: int
+    rm_short_share: float = 0.5
+    """Share of RM rows that are short texts (a sentence or a review's opening: the shape of
+    prompt + continuation the RM judges in PPO); the rest are long review windows. Measured
+    on the default size: 0.35 gave 0.848 / 0.698 (reviews / sentences accuracy), 0.5 with
+    `rm_sentence_share` 0.75 gave 0.868 / 0.712."""
+    rm_sentence_share: float = 0.75
+    """Share of the short rows that are Rotten Tomatoes sentences (the rest: review openings)."""
 
 
 SIZES: dict[str, ModelSize] = {
