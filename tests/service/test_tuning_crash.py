@@ -118,7 +118,8 @@ def test_resume_finishes_a_study_whose_coordinator_was_killed(
         if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number
     ]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == orphan.params
+    # the same params (a coordinator killed between two `suggest`s left only the first)
+    assert orphan.params.items() <= retries[0].params.items()
     assert retries[0].user_attrs.get("label") == orphan.user_attrs.get("label")
     assert "stopped_for" not in retries[0].user_attrs
     # every proposal completed once: the retry replaces its orphan, the arms are distinct
