@@ -67,7 +67,11 @@ def serve(
     try:
         settings = get_settings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
-        raise fail(f"settings: {e}") from e
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err['input']!r})"
+            for err in e.errors()
+        )
+        raise fail(f"settings: {problems}") from e
     if settings.token is None and not settings.loopback_only():
         raise fail(
             f"refusing to serve on {settings.host} without a token: anyone who can reach it "

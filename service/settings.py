@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     max_torch_threads: int = Field(64, ge=1, description="Most torch threads per inner run.")
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest request body.")
 
+    @field_validator("storage", "token", "read_token", "executor", "ray_address", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        """`SHAPETUNE_TOKEN=` means no token, never the empty token."""
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("model_roots", "prompt_roots", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:

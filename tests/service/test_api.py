@@ -263,6 +263,11 @@ def test_serve_refuses_a_public_bind_without_a_token(monkeypatch: pytest.MonkeyP
     result = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "without a token" in result.output and "SHAPETUNE_TOKEN" in result.output
+    monkeypatch.setenv("SHAPETUNE_TOKEN", " ")  # set but blank: still no token
+    settings = get_settings(host="0.0.0.0")
+    assert settings.token is None and not settings.loopback_only()
+    bad = runner.invoke(cli_app, ["serve", "--executor", "gpu"])
+    assert bad.exit_code == 2 and "executor: Input should be 'ray' or 'inline'" in bad.output
 
 
 # --- refusals -------------------------------------------------------------------------
