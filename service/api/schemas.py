@@ -136,13 +136,13 @@ class StudyAction(_Public):
 
 
 class Health(_Public):
+    """Open to anyone who can connect, so it names nothing: no database, host or study."""
+
     status: Literal["ok"]
-    database: str
-    """The study database, without its password."""
-    coordinator: str | None
-    """This process's coordinator (null when it runs none)."""
-    driving: str | None
-    """The study it drives now."""
+    database: Literal["ok"]
+    """The study database answered (a 503 otherwise)."""
+    coordinator: bool
+    """This process drives studies (false for an API-only process)."""
 
 
 class ErrorMessage(BaseModel):

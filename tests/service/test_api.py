@@ -224,9 +224,7 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 90) -> Any:
 def test_health_needs_no_token(api: Api) -> None:
     reply = httpx.get(api.base + "/api/v1/health")
     assert reply.status_code == 200
-    body = reply.json()
-    assert body["status"] == "ok" and body["coordinator"].startswith("serve:")
-    assert "password" not in body["database"]
+    assert reply.json() == {"status": "ok", "database": "ok", "coordinator": True}
 
 
 def test_tokens_guard_reads_and_writes(idle_api: Api) -> None:
