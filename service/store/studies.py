@@ -169,12 +169,23 @@ def requeue(url: str, name: str) -> str:
     )
 
 
-def set_status(url: str, name: str, status: str, message: str | None = None) -> None:
+def set_status(
+    url: str,
+    name: str,
+    status: str,
+    message: str | None = None,
+    unless: tuple[str, ...] = (),
+) -> None:
+    """Set a study's status, in one UPDATE that leaves it alone if it is one of `unless`
+    (so a status written concurrently, a cancel say, is not overwritten)."""
     values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
     if message is not None:
         values["message"] = message
+    query = update(StudyModel).where(StudyModel.name == name)
+    if unless:
+        query = query.where(StudyModel.status.not_in(unless))
     with session_scope(url) as s:
-        s.execute(update(StudyModel).where(StudyModel.name == name).values(**values))
+        s.execute(query.values(**values))
 
 
 def request_cancel(url: str, name: str) -> str:

@@ -106,7 +106,9 @@ def run_study(
         target=_renew, args=(url, spec.name, holder, timing.lease, lost, stop_renewing), daemon=True
     )
     renewer.start()
-    store.set_status(url, spec.name, "running", "")
+    # A cancel that came while this coordinator was taking the study up stands: the loop
+    # sees it on its first turn and ends the study cancelled.
+    store.set_status(url, spec.name, "running", "", unless=("cancelling", "cancelled"))
     try:
         progress = _Loop(spec, url, home, executor, timing, lost, on_progress).run()
     except BaseException as e:
