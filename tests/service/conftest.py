@@ -23,10 +23,14 @@ TINY_INNER: dict[str, Any] = {
 """An inner run of about half a second on one CPU thread."""
 
 
+NewDatabase = Callable[[], str]
+
+
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at its end. Unreachable:
-    a failure under CI (the server is part of the test machine), a skip elsewhere."""
+def pg_databases() -> Iterator[NewDatabase]:
+    """Makes throwaway PostgreSQL databases, all dropped when the session ends.
+    Unreachable: a failure under CI (the server is part of the test machine), a skip
+    elsewhere."""
     import psycopg
 
     try:
@@ -37,16 +41,28 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL at {PG_SERVER} is unreachable under CI: {e}")
         pytest.skip(f"PostgreSQL at {PG_SERVER} is unreachable: {e}")
-    db = f"shapetune_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{db}"')
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(f"shapetune_test_{uuid.uuid4().hex[:10]}")
+        admin.execute(f'CREATE DATABASE "{made[-1]}"')
+        return f"postgresql+psycopg://{PG_SERVER}/{made[-1]}"
+
     try:
-        yield f"postgresql+psycopg://{PG_SERVER}/{db}"
+        yield new
     finally:
         from service.store.db import get_engine
 
         get_engine.cache_clear()
-        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        for db in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_databases: NewDatabase) -> str:
+    """One PostgreSQL database shared by this session's tests (they use unique names)."""
+    return pg_databases()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -44,7 +44,6 @@ from service.store.studies import (
 )
 
 TOKEN, READ_TOKEN = "write-token", "read-token"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 TINY_INNER: dict[str, Any] = {
     "steps": 4,
     "eval_interval": 2,
@@ -55,36 +54,6 @@ runner = CliRunner()
 
 
 NewDatabase = Callable[[], str]
-
-
-@pytest.fixture(scope="session")
-def pg_databases() -> Iterator[NewDatabase]:
-    """Throwaway PostgreSQL databases, dropped when the session ends. Unreachable: a failure
-    under CI (the server is part of the test machine), a skip elsewhere."""
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_ADMIN} is unreachable under CI: {e}")
-        pytest.skip(f"PostgreSQL at {PG_ADMIN} is unreachable: {e}")
-    made: list[str] = []
-
-    def new() -> str:
-        made.append(f"shapetune_api_{uuid.uuid4().hex[:10]}")
-        admin.execute(f'CREATE DATABASE "{made[-1]}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{made[-1]}"
-
-    try:
-        yield new
-    finally:
-        from service.store.db import get_engine
-
-        get_engine.cache_clear()
-        for db in made:
-            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -3,11 +3,8 @@ Optuna's: fresh databases, databases made before migrations, processes racing to
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,33 +19,16 @@ from service.store.models import Base
 from service.store.studies import create_study, get_study
 from service.tuning.storage import open_storage
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 HEAD = "0002"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database on each backend. PostgreSQL unreachable: a failure under CI, a
-    skip elsewhere."""
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'studies.db'}"
-        return
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_ADMIN} is unreachable under CI: {e}")
-        pytest.skip(f"PostgreSQL at {PG_ADMIN} is unreachable: {e}")
-    db = f"shapetune_migrate_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{db}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
-    finally:
-        get_engine.cache_clear()
-        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    url: str = request.getfixturevalue("pg_databases")()
+    return url
 
 
 def revision(url: str) -> str:
