@@ -12,7 +12,7 @@ from rich.table import Table
 
 from service import cli_serve as serve_commands
 from service import cli_study as study_commands
-from service.cli_common import HomeOption, console
+from service.cli_common import HomeOption, console, progress_bar
 from service.cli_common import fail as _fail
 from service.cli_common import resolve_home as _home
 from service.cli_common import setup_logging as _setup_logging
@@ -289,8 +289,6 @@ def train(
     """One inner PPO run with the given shaping weights: progress, summary, learning curve."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from service.curves import learning_curve_png
     from trainers.config import PPOConfig, ShapingConfig, TaskConfig, TrainConfig
     from trainers.ppo import Hooks, TrainingError
@@ -323,13 +321,7 @@ def train(
     except (TaskError, ValueError) as e:
         raise _fail(str(e)) from e
     console.print(f"run folder: {folder}")
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
+    with progress_bar() as bar:
         job = bar.add_task("PPO", total=steps)
 
         def report(step: int, metrics: dict[str, float]) -> None:

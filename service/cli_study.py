@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from service.cli_common import (
@@ -21,6 +20,7 @@ from service.cli_common import (
     UrlOption,
     console,
     fail,
+    progress_bar,
     resolve_home,
     setup_logging,
 )
@@ -135,13 +135,7 @@ def _drive(
         f"{runner.slots} inner run(s) at once, store {url}"
     )
     started = time.monotonic()
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
+    with progress_bar() as bar:
         job = bar.add_task("trials", total=spec.budget)
 
         def show(p: Any) -> None:
