@@ -16,12 +16,12 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# The main job: build the built-in task (cached under SHAPETUNE_HOME), show what it built,
-# then train its policy for a few PPO steps on dense (RED) + sparse rewards.
+# The main job: build the built-in task (cached under SHAPETUNE_HOME), then a small tuning
+# study on it (embedded SQLite, local Ray) that ends with the best shape vs sparse. Run again,
+# it continues (or just reports) the same study.
 demo: setup
 	$(BIN)/shapetune prepare
-	$(BIN)/shapetune tasks show imdb-sentiment
-	$(BIN)/shapetune train --task imdb-sentiment --weights red=0.5,sparse=0.5 --steps 10
+	$(BIN)/shapetune run examples/demo.yaml
 
 lint: setup
 	$(BIN)/ruff check shaping trainers service tests bench
