@@ -171,18 +171,23 @@ def _print_study(url: str, name: str) -> None:
     from service.tuning.report import study_report
 
     report = study_report(url, name)
+    methods = next((list(t["weights"]) for t in report["trials"] if t["weights"]), [])
     table = Table(title=f"{name}: {report['status']}, {report['done']}/{report['budget']} trials")
-    for column in ("trial", "arm", "weights", "objective", "± s.e.", "seeds", "state"):
-        table.add_column(column, justify="right" if column in ("objective", "± s.e.") else "left")
+    # Weights as one "a/b/c" cell under a header naming the methods, so that the table fits
+    # a narrow terminal; per-seed values are in `status NAME --json`.
+    table.add_column("trial", justify="right")
+    table.add_column("arm", no_wrap=True)
+    table.add_column("/".join(methods) or "weights", no_wrap=True)
+    table.add_column("objective ± s.e.", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
     for t in report["trials"]:
+        weights = "/".join(f"{t['weights'][m]:.2f}" for m in methods) if t["weights"] else "-"
         table.add_row(
             str(t["number"]),
             t["label"] or ("best" if t["number"] == report["best_trial"] else ""),
-            _weights(t["weights"]),
-            _num(t["value"]),
-            _num(t["stderr"]),
-            ", ".join(f"{v:.3f}" for v in t["seed_values"]),
-            t["state"] + (f": {t['failed_for']}" if t["failed_for"] else ""),
+            weights,
+            f"{_num(t['value'])} ± {_num(t['stderr'])}",
+            t["state"].lower() + (f": {t['failed_for']}" if t["failed_for"] else ""),
         )
     console.print(table)
     if report["best_trial"] is not None:
