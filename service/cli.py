@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from service import cli_dashboard as dashboard_commands
 from service import cli_serve as serve_commands
 from service import cli_study as study_commands
 from service.cli_common import HomeOption, console, progress_bar
@@ -402,6 +403,7 @@ def _print_train_summary(result: TrainResult) -> None:
 
 study_commands.register(app)
 serve_commands.register(app)
+dashboard_commands.register(app)
 
 if __name__ == "__main__":
     app()

@@ -19,28 +19,43 @@ def _colour(value: float, scale: float) -> str:
     return f"rgb({fade},{fade},255)" if x >= 0 else f"rgb(255,{fade},{fade})"
 
 
-def heatmap_html(tokens: Sequence[str], score: float, rows: Sequence[Explanation]) -> str:
-    """A self-contained HTML table (no scripts, no external assets)."""
+def _ink(value: float, scale: float) -> str:
+    """White text on the darkest cells, so every number stays readable."""
+    return ";color:#fff" if scale and abs(value) > 0.6 * scale else ""
+
+
+def heatmap_table(
+    tokens: Sequence[str], rows: Sequence[Explanation], labels: Sequence[str] | None = None
+) -> str:
+    """The heatmap as one `<table class="heatmap">`; `labels` name the rows (default: the
+    method)."""
     head = "".join(f"<th>{html.escape(t)}</th>" for t in tokens)
     body = []
-    for row in rows:
+    for row, label in zip(rows, labels or [r.method for r in rows], strict=True):
         scale = max((abs(c) for c in row.credits), default=0.0)
         cells = "".join(
-            f'<td style="background:{_colour(c, scale)}" title="{c:+.4f}">{c:+.2f}</td>'
+            f'<td style="background:{_colour(c, scale)}{_ink(c, scale)}" title="{c:+.4f}">'
+            f"{c:+.2f}</td>"
             for c in row.credits
         )
         body.append(
-            f"<tr><th>{html.escape(row.method)}</th>{cells}"
+            f"<tr><th>{html.escape(label)}</th>{cells}"
             f"<td>{row.rows}</td><td>{1000 * row.seconds:.1f}</td></tr>"
         )
+    return (
+        f'<table class="heatmap"><tr><th>method</th>{head}<th>RM rows</th><th>ms</th></tr>'
+        + "".join(body)
+        + "</table>"
+    )
+
+
+def heatmap_html(tokens: Sequence[str], score: float, rows: Sequence[Explanation]) -> str:
+    """A self-contained HTML page (no scripts, no external assets)."""
     return (
         "<!doctype html><meta charset='utf-8'><title>shapetune explain</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 6px;font-size:12px;"
         "text-align:center;white-space:pre}</style>"
-        f"<p>reward-model score R = {score:+.4f}</p>"
-        f"<table><tr><th>method</th>{head}<th>RM rows</th><th>ms</th></tr>"
-        + "".join(body)
-        + "</table>"
+        f"<p>reward-model score R = {score:+.4f}</p>" + heatmap_table(tokens, rows)
     )
 
 

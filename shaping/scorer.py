@@ -93,19 +93,40 @@ class RewardScorer:
     ) -> list[torch.Tensor]:
         """Score token rows; each result is a 0-d tensor, or with `prefixes` the (len,) scores
         of every prefix of the row (causal RMs only)."""
-        out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for start in range(0, len(order), self.rows_per_forward):
-            chunk = order[start : start + self.rows_per_forward]
-            ids, mask = self._pad([rows[i] for i in chunk])
+        if not rows:
+            return []
+        ids, lengths = self._pad(rows)
+        scores = self._forward_packed(ids, lengths, prefixes)  # (N,) or (N, width)
+        if prefixes:
+            return [scores[j, : len(r)] for j, r in enumerate(rows)]
+        return list(scores.unbind())
+
+    @torch.no_grad()
+    def _forward_packed(
+        self, ids: torch.Tensor, lengths: torch.Tensor, prefixes: bool = False
+    ) -> torch.Tensor:
+        """Score right-padded rows (N, width) of the given lengths (N,): (N,), or with
+        `prefixes` (N, width). Rows go through the RM `rows_per_forward` at a time, shortest
+        first, each chunk cut to its longest row so padding stays small."""
+        N, width = ids.shape
+        out = torch.zeros((N, width) if prefixes else (N,))
+        order = torch.argsort(lengths, stable=True)  # stable: equal rows keep their order
+        for chunk in order.split(self.rows_per_forward):
+            n = int(lengths[chunk].max())
+            chunk_ids = ids[chunk, :n]  # (R, n)
+            mask = (torch.arange(n) < lengths[chunk, None]).long()  # (R, n)
             started = time.perf_counter()
-            scores = self.rm.prefix_scores(ids, mask) if prefixes else self.rm.scores(ids, mask)
+            if prefixes:
+                scores = self.rm.prefix_scores(chunk_ids, mask)
+            else:
+                scores = self.rm.scores(chunk_ids, mask)
             self.stats.model_seconds += time.perf_counter() - started
             self.stats.forwards += 1
             self.stats.rows += len(chunk)
-            scores = scores.float().cpu()
-            for j, i in enumerate(chunk):
-                out[i] = scores[j, : len(rows[i])] if prefixes else scores[j]
+            if prefixes:
+                out[chunk, :n] = scores.float().cpu()
+            else:
+                out[chunk] = scores.float().cpu()
         return out
 
     def coalition_values(
@@ -114,11 +135,10 @@ class RewardScorer:
         """Values v(S) = r(x, y_S) for response i's coalitions (K_i, T_i) bool -> (K_i,).
 
         Duplicate coalitions of a response are evaluated once; the full coalition is the
-        score already in the batch and costs no row.
+        score already in the batch and costs no row. The masked rows of all responses are
+        built as tensors (one `torch.where` per response) and scored together.
         """
-        rows: list[list[int]] = []
-        plan = []  # per response: (unique coalitions, inverse index, row offset)
-        mask_id = self.rm.mask_token_id
+        blocks, plan = [], []  # per response: its rows (K', P + T) and how to read them back
         for i, keep in enumerate(coalitions):
             T = int(batch.lengths[i])
             if keep.ndim != 2 or keep.shape[1] != T:
@@ -126,27 +146,38 @@ class RewardScorer:
                     f"coalitions of response {i} must be (K, {T}); got {tuple(keep.shape)}"
                 )
             self.stats.requested_rows += keep.shape[0]
-            unique, inverse = torch.unique(keep.bool(), dim=0, return_inverse=True)
-            full = unique.all(dim=1)
-            prompt, response = batch.prompt(i), torch.tensor(batch.response(i))
-            plan.append((unique, inverse, full, len(rows)))
-            for k in range(unique.shape[0]):
-                if not full[k]:
-                    masked = torch.where(unique[k], response, torch.tensor(mask_id))
-                    rows.append(prompt + masked.tolist())
-        scores = self.score_rows(rows)
+            unique, inverse = torch.unique(keep.bool(), dim=0, return_inverse=True)  # (K', T)
+            full = unique.all(dim=1)  # (K',)
+            prompt = batch.prompt_ids[i][batch.prompt_mask[i].bool()]  # (P_i,)
+            masked = torch.where(unique[~full], batch.response_ids[i, :T], self.rm.mask_token_id)
+            blocks.append(torch.cat([prompt.expand(masked.shape[0], -1), masked], dim=1))
+            plan.append((full, inverse))
+        scores = self._score_blocks(blocks)
         values = []
-        for i, (unique, inverse, full, offset) in enumerate(plan):
-            v = torch.empty(unique.shape[0])
-            cursor = offset
-            for k in range(unique.shape[0]):
-                if full[k]:
-                    v[k] = batch.scores[i]
-                else:
-                    v[k] = scores[cursor]
-                    cursor += 1
+        for i, ((full, inverse), block_scores) in enumerate(zip(plan, scores, strict=True)):
+            v = torch.empty(full.shape[0])  # (K',)
+            v[full] = batch.scores[i]
+            v[~full] = block_scores
             values.append(v[inverse])
         return values
+
+    def _score_blocks(self, blocks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Scores of several blocks of equal-length rows (K_i, L_i), packed into shared
+        forwards: (K_i,) per block."""
+        sizes = [b.shape[0] for b in blocks]
+        if sum(sizes) == 0:
+            return [torch.empty(0) for _ in blocks]
+        width = max(b.shape[1] for b in blocks)
+        ids = torch.cat(
+            [
+                torch.nn.functional.pad(b, (0, width - b.shape[1]), value=self._pad_id)
+                for b in blocks
+            ]
+        )  # (sum K_i, width)
+        lengths = torch.cat(
+            [torch.full((k,), b.shape[1]) for k, b in zip(sizes, blocks, strict=True)]
+        )
+        return list(self._forward_packed(ids, lengths).split(sizes))
 
     @torch.no_grad()
     def attention_values(self, batch: RolloutBatch) -> list[torch.Tensor]:
@@ -157,7 +188,8 @@ class RewardScorer:
         out: list[torch.Tensor] = []
         for start in range(0, len(rows), self.rows_per_forward):
             chunk = rows[start : start + self.rows_per_forward]
-            ids, mask = self._pad(chunk)
+            ids, lengths = self._pad(chunk)
+            mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
             started = time.perf_counter()
             attention = self.rm.attentions(ids, mask).float().cpu()  # (n, width)
             self.stats.model_seconds += time.perf_counter() - started
@@ -169,13 +201,12 @@ class RewardScorer:
         return out
 
     def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        """Token rows -> right-padded ids (N, width) and lengths (N,)."""
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        ids = torch.full((len(rows), int(lengths.max())), self._pad_id, dtype=torch.long)
         for j, r in enumerate(rows):
             ids[j, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-            mask[j, : len(r)] = 1
-        return ids, mask
+        return ids, lengths
 
     def prefix_values(self, batch: RolloutBatch) -> list[torch.Tensor]:
         """r(x, y_<t) for t = 0..T_i: (T_i + 1,) per response; entry 0 scores the prompt alone.

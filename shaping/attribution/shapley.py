@@ -40,17 +40,22 @@ def player_ids(pieces: list[str], unit: Unit) -> torch.Tensor:
 
 
 def exact_shapley(values: torch.Tensor, M: int) -> torch.Tensor:
-    """Shapley values from v over all 2^M coalitions, coalition k = the bits of k: (M,)."""
+    """Shapley values from v over all 2^M coalitions, coalition k = the bits of k: (M,).
+
+    phi_j = sum over S without j of |S|! (M - |S| - 1)! / M! * (v(S + j) - v(S)), for all j
+    at once: one (2^M, M) table of marginal gains, zero where j is already in S.
+    """
     k = torch.arange(2**M)
-    sizes = torch.tensor([bin(int(c)).count("1") for c in k])
+    bit = 1 << torch.arange(M)  # (M,)
+    without = (k[:, None] & bit) == 0  # (2^M, M): j not in coalition k
+    sizes = M - without.sum(dim=1)  # (2^M,)
+    # |S|! (M - |S| - 1)! / M! = 1 / (M * C(M - 1, |S|)); the full coalition gets no weight.
     weight = torch.tensor(
-        [math.factorial(s) * math.factorial(M - s - 1) / math.factorial(M) for s in range(M)]
+        [1 / (M * math.comb(M - 1, s)) for s in range(M)] + [0.0], dtype=torch.float64
     )
-    phi = torch.zeros(M, dtype=torch.float64)
-    for j in range(M):
-        without = k[(k >> j) & 1 == 0]  # coalitions S not containing j
-        gain = values[without | (1 << j)].double() - values[without].double()
-        phi[j] = (weight[sizes[without]] * gain).sum()
+    v = values.double()
+    gain = v[k[:, None] | bit] - v[:, None]  # (2^M, M): v(S + j) - v(S)
+    phi = (weight[sizes][:, None] * gain * without).sum(dim=0)
     return phi.float()
 
 

@@ -1,0 +1,425 @@
+"""Plotly figures of a study and of a trial, as plain dicts ({"data": [...], "layout": {...}})
+that the pages hand to `Plotly.newPlot`. Built from `service.tuning.report` data only.
+
+No plotly Python objects: building and validating 1,000-trial figures through them costs
+more than the page budget, and the browser needs nothing but the JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from service.tuning.report import downsample
+
+Figure = dict[str, Any]
+
+BEST = "#e8590c"
+SPARSE = "#1c7ed6"
+OTHERS = "rgba(110,110,110,0.35)"
+VIRIDIS = (
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+)
+"""Plotly's Viridis in 10 steps: the colours of the parallel-coordinate bins."""
+CURVE_POINTS = 20_000
+"""Points of the grey learning curves in all: each trial gets its share (10 at least)."""
+SEEDS = ("#1c7ed6", "#e8590c", "#2f9e44", "#ae3ec9", "#f59f00", "#0c8599")
+
+CURVE_PANELS = (
+    ("eval/rm_mean", "held-out RM reward"),
+    ("eval/gold_mean", "gold judge"),
+    ("eval/kl", "KL to the reference (nats / response)"),
+)
+
+
+def _num(x: Any) -> float | None:
+    """6 significant digits (the page carries 1,000 trials' worth); JSON has no NaN: a
+    missing or non-finite number is drawn as a gap."""
+    return float(f"{x:.6g}") if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def _layout(title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"size": 14}},
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
+        "height": 360,
+        "hovermode": "closest",
+        **extra,
+    }
+
+
+def _complete(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in detail["trials"] if t["state"] == "COMPLETE"]
+
+
+def _weights_text(weights: dict[str, float] | None) -> str:
+    if not weights:
+        return ""
+    return ", ".join(f"{m} {w:.2f}" for m, w in weights.items() if w >= 0.005)
+
+
+def comparison(detail: dict[str, Any]) -> Figure | None:
+    """The incumbent against the control arms: objective ± s.e. (mean over seeds)."""
+    arms = [t for t in _complete(detail) if t["label"]]
+    best = detail["trials_by_number"].get(detail["best_trial"])
+    bars = [*arms, *([best] if best is not None and best not in arms else [])]
+    if not bars:
+        return None
+    colours = [
+        BEST if t is best else SPARSE if t["label"] == "pure sparse" else "#adb5bd" for t in bars
+    ]
+    names = [
+        f"{t['label'] or 'best'} (#{t['number']})" + (" ★" if t is best and t["label"] else "")
+        for t in bars
+    ]
+    trace = {
+        "type": "bar",
+        "x": names,
+        "y": [_num(t["value"]) for t in bars],
+        "error_y": {"type": "data", "array": [_num(t["stderr"]) or 0.0 for t in bars]},
+        "marker": {"color": colours},
+        "text": [_weights_text(t["weights"]) for t in bars],
+        "hovertemplate": "%{x}<br>%{y:.4f}<br>%{text}<extra></extra>",
+    }
+    return {
+        "data": [trace],
+        "layout": _layout(
+            "best shape vs control arms (objective ± s.e.)", yaxis={"zeroline": True}
+        ),
+    }
+
+
+def history(detail: dict[str, Any]) -> Figure | None:
+    """Objective of each completed trial and the best so far."""
+    done = _complete(detail)
+    if not done:
+        return None
+    pick = min if detail["direction"] == "minimize" else max
+    best_so_far: list[float] = []
+    for t in done:
+        best_so_far.append(t["value"] if not best_so_far else pick(best_so_far[-1], t["value"]))
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "trial",
+                "x": [t["number"] for t in done],
+                "y": [_num(t["value"]) for t in done],
+                "error_y": {"type": "data", "array": [_num(t["stderr"]) or 0.0 for t in done]},
+                "text": [t["label"] or _weights_text(t["weights"]) for t in done],
+                "hovertemplate": "#%{x}: %{y:.4f}<br>%{text}<extra></extra>",
+                "marker": {"size": 6, "color": SPARSE, "opacity": 0.7},
+            },
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "best so far",
+                "x": [t["number"] for t in done],
+                "y": [_num(v) for v in best_so_far],
+                "line": {"shape": "hv", "color": BEST, "width": 2},
+            },
+        ],
+        "layout": _layout(
+            "optimisation history",
+            xaxis={"title": {"text": "trial"}},
+            yaxis={"title": {"text": "objective"}},
+        ),
+    }
+
+
+def weights(detail: dict[str, Any]) -> Figure | None:
+    """The weights explored: a ternary plot for 3 methods, parallel coordinates otherwise
+    (each coloured by objective)."""
+    methods: list[str] = detail["spec"]["methods"]
+    done = [t for t in _complete(detail) if t["weights"]]
+    if len(methods) < 2 or not done:
+        return None
+    values = [_num(t["value"]) for t in done]
+    if len(methods) != 3:
+        axes = [Axis(m, [t["weights"][m] for t in done], (0.0, 1.0)) for m in methods]
+        return parallel("weights explored (simplex)", axes, done, detail)
+    a, b, c = methods
+    trace = {
+        "type": "scatterternary",
+        "mode": "markers",
+        "a": [_num(t["weights"][a]) for t in done],
+        "b": [_num(t["weights"][b]) for t in done],
+        "c": [_num(t["weights"][c]) for t in done],
+        "text": [f"#{t['number']}: {_num(t['value'])}" for t in done],
+        "hovertemplate": f"%{{text}}<br>{a} %{{a:.2f}}, {b} %{{b:.2f}}, {c} %{{c:.2f}}"
+        "<extra></extra>",
+        "marker": {
+            "size": 9,
+            "color": values,
+            "colorscale": "Viridis",
+            "colorbar": {"title": {"text": "objective"}},
+            "line": {"width": 0.5},
+        },
+        "cliponaxis": False,  # the control arms sit on the corners
+    }
+    axis = {"min": 0, "linewidth": 1, "ticks": "outside"}
+    layout = _layout(
+        "weights explored (simplex)",
+        height=420,
+        margin={"l": 60, "r": 20, "t": 80, "b": 50},
+        ternary={
+            "sum": 1,
+            "aaxis": {"title": {"text": a}, **axis},
+            "baxis": {"title": {"text": b}, **axis},
+            "caxis": {"title": {"text": c}, **axis},
+        },
+    )
+    return {"data": [trace], "layout": layout}
+
+
+def params(detail: dict[str, Any]) -> Figure | None:
+    """Parallel coordinates of the sampler's parameters and knobs, coloured by objective."""
+    done = _complete(detail)
+    names = sorted({k for t in done for k in detail["params"].get(t["number"], {})})
+    if not names:
+        return None
+    knobs = detail["spec"].get("knobs", {})
+    axes = [
+        Axis(
+            k,
+            [detail["params"][t["number"]].get(k) for t in done],
+            (knobs[k]["low"], knobs[k]["high"]) if k in knobs else (0.0, 1.0),
+            log=bool(knobs.get(k, {}).get("log")),
+        )
+        for k in names
+    ]
+    return parallel("parameters and knobs (parallel coordinates)", axes, done, detail)
+
+
+@dataclass(frozen=True)
+class Axis:
+    label: str
+    values: list[float | None]
+    bounds: tuple[float, float]
+    log: bool = False
+
+
+def parallel(
+    title: str, axes: list[Axis], done: list[dict[str, Any]], detail: dict[str, Any]
+) -> Figure:
+    """Parallel coordinates drawn as SVG lines, one per trial, binned into VIRIDIS colours
+    by objective, the best and the sparse arm on top. Plotly's own `parcoords` needs WebGL:
+    without a GPU (headless browsers, remote desktops) one costs 1.2-2 s to draw, the whole
+    page budget; optuna-dashboard (`shapetune dashboard`) has the interactive one."""
+    values = [_num(t["value"]) for t in done]
+    finite = [v for v in values if v is not None]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    axes = [*axes, Axis("objective", values, (low, high))]
+    rows = list(zip(*(_scaled(a) for a in axes), strict=True))  # (trials, axes) in [0, 1]
+    D = len(axes)
+    bins: list[tuple[list[int | None], list[float | None]]] = [([], []) for _ in VIRIDIS]
+    highlight = {detail["best_trial"]: BEST}
+    if detail["sparse"]:
+        highlight.setdefault(detail["sparse"]["number"], SPARSE)
+    for t, v, row in zip(done, values, rows, strict=True):
+        if v is None or t["number"] in highlight:
+            continue
+        k = min(len(VIRIDIS) - 1, int(len(VIRIDIS) * (v - low) / ((high - low) or 1.0)))
+        bins[k][0].extend([*range(D), None])
+        bins[k][1].extend([*row, None])
+    data: list[dict[str, Any]] = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "x": xs,
+            "y": ys,
+            "line": {"color": colour, "width": 1},
+            "opacity": 0.6,
+            "hoverinfo": "skip",
+            "showlegend": False,
+        }
+        for colour, (xs, ys) in zip(VIRIDIS, bins, strict=True)
+        if xs
+    ]
+    for t, row in zip(done, rows, strict=True):
+        if t["number"] in highlight:
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": _arm_name(t, detail["best_trial"]),
+                    "x": list(range(D)),
+                    "y": list(row),
+                    "line": {"color": highlight[t["number"]], "width": 3},
+                }
+            )
+    data.append(  # the colour bar: a trace of no points
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "x": [None],
+            "y": [None],
+            "showlegend": False,
+            "hoverinfo": "skip",
+            "marker": {
+                "color": [low, high],
+                "cmin": low,
+                "cmax": high,
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": "objective"}, "x": 1.02},
+            },
+        }
+    )
+    ends = [
+        {
+            "x": i,
+            "y": y,
+            "text": _tick(v),
+            "showarrow": False,
+            "yshift": shift,
+            "font": {"size": 10},
+        }
+        for i, a in enumerate(axes)
+        for y, v, shift in ((0, a.bounds[0], -10), (1, a.bounds[1], 10))
+    ]
+    layout = _layout(
+        title,
+        height=420,
+        xaxis={
+            "tickvals": list(range(D)),
+            "ticktext": [a.label for a in axes],
+            "side": "top",
+            "showgrid": True,
+            "gridcolor": "#495057",
+            "zeroline": False,
+            "range": [-0.3, D - 0.7],
+        },
+        yaxis={"visible": False, "range": [-0.1, 1.1]},
+        annotations=ends,
+        legend={"orientation": "h", "y": -0.02},
+        margin={"l": 30, "r": 30, "t": 70, "b": 30},
+    )
+    return {"data": data, "layout": layout}
+
+
+def _arm_name(t: dict[str, Any], best: int | None) -> str:
+    if t["number"] != best:
+        return f"{t['label']} (#{t['number']})"
+    return f"best (#{t['number']}{', ' + t['label'] if t['label'] else ''})"
+
+
+def _scaled(axis: Axis) -> list[float | None]:
+    """The axis's values mapped to [0, 1] over its bounds (log10 for a log-scale knob)."""
+    f = math.log10 if axis.log else float
+    low, high = (f(b) for b in axis.bounds)
+    span = (high - low) or 1.0
+    return [
+        None if v is None or (axis.log and v <= 0) else _num((f(v) - low) / span)
+        for v in axis.values
+    ]
+
+
+def _tick(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def learning_curves(detail: dict[str, Any]) -> Figure | None:
+    """Held-out RM reward per step, one line per trial (mean over its seeds); every other
+    trial shares one grey trace (gaps between trials), so 1,000 lines draw as fast as one."""
+    curves: dict[int, list[tuple[int, float]]] = detail["curves"]
+    if not curves:
+        return None
+    best: int | None = detail["best_trial"]
+    sparse: int | None = detail["sparse"]["number"] if detail["sparse"] else None
+    xs: list[int | None] = []
+    ys: list[float | None] = []
+    share = max(10, CURVE_POINTS // len(curves))
+    for number, points in sorted(curves.items()):
+        if number in (best, sparse):
+            continue
+        kept = downsample(points, share)
+        xs += [s for s, _ in kept] + [None]
+        ys += [_num(v) for _, v in kept] + [None]
+    data: list[dict[str, Any]] = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "other trials",
+            "x": xs,
+            "y": ys,
+            "line": {"color": OTHERS, "width": 1},
+            "hoverinfo": "skip",
+        }
+    ]
+    for highlighted, name, colour in ((sparse, "pure sparse", SPARSE), (best, "best", BEST)):
+        if highlighted is None or highlighted not in curves:
+            continue
+        label = (
+            f"{name} (#{highlighted})"
+            if name != "best" or highlighted != sparse
+            else "best = sparse"
+        )
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": label,
+                "x": [s for s, _ in curves[highlighted]],
+                "y": [_num(v) for _, v in curves[highlighted]],
+                "line": {"color": colour, "width": 3},
+            }
+        )
+    return {
+        "data": data,
+        "layout": _layout(
+            "learning curves (held-out RM reward, mean over seeds)",
+            xaxis={"title": {"text": "PPO step"}},
+            yaxis={"title": {"text": "held-out RM reward"}},
+        ),
+    }
+
+
+def study_figures(detail: dict[str, Any]) -> dict[str, Figure]:
+    """The study page's plots by element id; plots without data are left out."""
+    built = {
+        "comparison": comparison(detail),
+        "history": history(detail),
+        "weights": weights(detail),
+        "params": params(detail),
+        "curves": learning_curves(detail),
+    }
+    return {k: v for k, v in built.items() if v is not None}
+
+
+def seed_curves(trial: dict[str, Any]) -> dict[str, Figure]:
+    """One plot per signal (RM, gold, KL), one line per seed; signals never recorded are
+    left out (a task without a gold judge has no gold curve)."""
+    out = {}
+    for key, title in CURVE_PANELS:
+        data = [
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"seed {k}",
+                "x": [s for s, _ in curve[key]],
+                "y": [_num(v) for _, v in curve[key]],
+                "line": {"color": SEEDS[k % len(SEEDS)]},
+            }
+            for k, curve in enumerate(trial["curves"])
+            if curve.get(key)
+        ]
+        if data:
+            out[key.replace("/", "-")] = {
+                "data": data,
+                "layout": _layout(
+                    title, height=300, xaxis={"title": {"text": "PPO step"}}, showlegend=True
+                ),
+            }
+    return out

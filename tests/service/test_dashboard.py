@@ -1,0 +1,317 @@
+"""The dashboard's pages over a finished synthetic study: through FastAPI's test client, and
+in headless Chromium (Debian's `chromium`, driven by Playwright) with screenshots."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.dashboard.routes import PLOTLY, router
+from service.executor import InlineExecutor
+from service.settings import Settings
+from service.store import studies as store
+from service.tuning.spec import parse_spec
+from service.tuning.study import run_study
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.environ.get("SHAPETUNE_SCREENSHOTS")
+"""Folder for the browser test's screenshots (docs/screenshots to refresh the docs'); a
+temporary folder when unset."""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]:
+    """A completed study of 4 trials x 2 seeds on the synthetic task (its 3 control arms
+    and one sampled shape), run inline."""
+    home = tmp_path_factory.mktemp("dashboard-home")
+    url = f"sqlite:///{home / 'studies.db'}"
+    spec = parse_spec(
+        {
+            "name": "dash-demo",
+            "task": {"name": "synthetic"},
+            "methods": ["sparse", "red", "uniform"],
+            "inner": {
+                "steps": 4,
+                "eval_interval": 2,
+                "eval_prompts": 8,
+                "ppo": {"rollout_batch": 8, "minibatch": 4, "epochs": 1},
+            },
+            "seeds": 2,
+            "budget": 4,
+            "sampler": "random",
+            "executor": "inline",
+        }
+    )
+    progress = run_study(spec, url, home, InlineExecutor())
+    assert progress.done == 4
+    return Settings(home=home, storage=url), spec.name
+
+
+def _app(settings: Settings) -> FastAPI:
+    app = FastAPI()
+    app.state.settings = settings
+    app.include_router(router)
+    return app
+
+
+@pytest.fixture(scope="module")
+def client(finished: tuple[Settings, str]) -> TestClient:
+    return TestClient(_app(finished[0]))
+
+
+def _figure_ids(page: str) -> list[str]:
+    return re.findall(r'<div class="plot" id="([\w-]+)">', page)
+
+
+def test_studies_page_lists_status_progress_and_baseline(
+    client: TestClient, finished: tuple[Settings, str]
+) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert f'href="/studies/{finished[1]}"' in page.text
+    assert "completed" in page.text and "4/4" in page.text
+    assert 'http-equiv="refresh"' not in page.text  # nothing runs
+
+
+def test_study_page_shows_best_vs_sparse_and_every_plot(
+    client: TestClient, finished: tuple[Settings, str]
+) -> None:
+    page = client.get(f"/studies/{finished[1]}")
+    assert page.status_code == 200
+    text = page.text
+    assert "4 / 4" in text and "best shape" in text and "sparse control" in text
+    assert "best − sparse" in text
+    assert _figure_ids(text) == ["comparison", "history", "weights", "params", "curves"]
+    assert '"scatterternary"' in text  # three methods: the simplex as a ternary plot
+    assert f'src="/static/{PLOTLY}"' in text and "cdn" not in text.lower()
+    assert text.count('href="/studies/dash-demo/trials/') >= 4
+    assert 'http-equiv="refresh"' not in text
+
+
+def test_trial_page_shows_seed_curves_values_cost_and_samples(
+    client: TestClient, finished: tuple[Settings, str]
+) -> None:
+    page = client.get(f"/studies/{finished[1]}/trials/0")
+    assert page.status_code == 200
+    text = page.text
+    assert "pure sparse" in text and "complete" in text
+    # The synthetic task has no gold judge: RM and KL curves only.
+    assert _figure_ids(text) == ["eval-rm_mean", "eval-kl"]
+    assert text.count("seed 0") >= 2 and text.count("seed 1") >= 2
+    assert 'id="seeds"' in text and 'id="cost"' in text and "cost/rm_rows_per_response" in text
+    assert text.count('<div class="sample">') == 3
+    assert 'data-src="/studies/dash-demo/trials/0/credits"' in text
+
+
+def test_unknown_study_or_trial_is_404_with_a_message(
+    client: TestClient, finished: tuple[Settings, str]
+) -> None:
+    for path, message in (
+        ("/studies/nope", "no study named &#39;nope&#39;"),
+        (f"/studies/{finished[1]}/trials/99", "has no trial 99"),
+        ("/studies/nope/trials/0/credits", "no study named &#39;nope&#39;"),
+        ("/static/nope.js", "no asset"),
+    ):
+        page = client.get(path)
+        assert page.status_code == 404, path
+        assert message in page.text, path
+    assert client.get(f"/studies/{finished[1]}/trials/x").status_code == 422
+
+
+def test_heatmap_of_the_synthetic_task_has_every_method_and_the_mix(
+    client: TestClient, finished: tuple[Settings, str]
+) -> None:
+    page = client.get(f"/studies/{finished[1]}/trials/3/credits")
+    assert page.status_code == 200
+    text = page.text
+    assert '<table class="heatmap">' in text, text
+    rows = re.findall(r"<tr><th>([^<]+)</th>", text)
+    assert rows[0] == "method"
+    assert [r.split(" (")[0] for r in rows[1:]] == ["sparse", "red", "uniform", "shaped mix"]
+    assert "reward-model score R" in text
+
+
+def test_heatmap_says_why_when_the_task_cannot_be_loaded(tmp_path: Path) -> None:
+    """A study of the built-in task on a machine where it was never prepared."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = parse_spec({"name": "unprepared", "methods": ["sparse", "red"], "budget": 1})
+    store.create_study(url, spec.name, spec.model_dump(mode="json"))
+    study = optuna.create_study(study_name=spec.name, storage=url, direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.5,
+            user_attrs={"weights": {"sparse": 1.0, "red": 0.0}, "samples": ["It was great"]},
+        )
+    )
+    client = TestClient(_app(Settings(home=tmp_path, storage=url)))
+    page = client.get("/studies/unprepared/trials/0/credits")
+    assert page.status_code == 200
+    assert 'id="credits-error"' in page.text and "shapetune prepare" in page.text
+
+
+def test_pages_of_a_live_study_refresh(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = parse_spec(
+        {"name": "waiting", "task": {"name": "synthetic"}, "methods": ["sparse"], "budget": 2}
+    )
+    store.create_study(url, spec.name, spec.model_dump(mode="json"))  # queued, no trial yet
+    client = TestClient(_app(Settings(home=tmp_path, storage=url)))
+    for path in ("/", "/studies/waiting"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert '<meta http-equiv="refresh" content="5">' in page.text
+    assert "No completed trial yet" in client.get("/studies/waiting").text
+
+
+def test_plotly_is_served_from_the_python_package(client: TestClient) -> None:
+    asset = client.get(f"/static/{PLOTLY}")
+    assert asset.status_code == 200
+    assert asset.headers["content-type"].startswith("text/javascript")
+    assert len(asset.content) > 1_000_000 and b"plotly" in asset.content[:2000].lower()
+    assert "max-age" in asset.headers["cache-control"]
+
+
+def test_the_service_app_serves_the_pages_behind_its_read_token(
+    finished: tuple[Settings, str],
+) -> None:
+    from service.api.app import create_app
+
+    settings, name = finished
+    where = {"home": settings.home, "storage": settings.storage, "coordinator": False}
+    open_app = TestClient(create_app(Settings(**where)))
+    assert open_app.get(f"/studies/{name}").status_code == 200
+    client = TestClient(create_app(Settings(**where, read_token="r3ad")))
+    assert client.get(f"/studies/{name}").status_code == 401
+    page = client.get(f"/studies/{name}", headers={"Authorization": "Bearer r3ad"})
+    assert page.status_code == 200 and "best shape" in page.text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(finished: tuple[Settings, str]) -> Iterator[str]:
+    """The pages served by uvicorn on a free loopback port, in a thread."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(_app(finished[0]), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _browser_or_skip() -> Any:
+    """Playwright's sync API with Debian's Chromium; under CI their absence fails the test."""
+    problem = ""
+    if not Path(CHROMIUM).exists():
+        problem = f"{CHROMIUM} is missing: apt-get install -y chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        problem = "playwright is missing: pip install -e '.[dev]'"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test needs Chromium and Playwright under CI: {problem}")
+        pytest.skip(problem)
+    return sync_playwright
+
+
+def test_pages_render_in_headless_chromium(
+    served: str, finished: tuple[Settings, str], tmp_path: Path
+) -> None:
+    sync_playwright = _browser_or_skip()
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
+
+        page.goto(f"{served}/studies/{finished[1]}")
+        page.wait_for_function("document.querySelectorAll('.plotly .main-svg').length >= 5")
+        assert page.locator(".plot .plotly").count() == 5
+        assert page.locator(".ternary").count() == 1
+        assert page.locator("#params .scatterlayer .trace").count() >= 2  # SVG lines, no WebGL
+        page.screenshot(path=str(shots / "study.png"), full_page=True)
+
+        page.goto(f"{served}/studies/{finished[1]}/trials/3")
+        page.wait_for_selector("table.heatmap", timeout=60_000)  # credits load after the page
+        page.wait_for_function("document.querySelectorAll('.plotly .main-svg').length >= 2")
+        assert page.locator("table.heatmap tr").count() == 5  # header, 3 methods, the mix
+        page.screenshot(path=str(shots / "trial.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    for name in ("study.png", "trial.png"):
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dashboard_command_serves_optuna_dashboard_on_loopback(
+    finished: tuple[Settings, str],
+) -> None:
+    settings, name = finished
+    port = _free_port()
+    shapetune = Path(sys.executable).parent / "shapetune"
+    command = [str(shapetune) if shapetune.exists() else shutil.which("shapetune") or "shapetune"]
+    process = subprocess.Popen(
+        [*command, "dashboard", "--storage", str(settings.storage), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
+                time.sleep(0.2)
+        assert name in body
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
