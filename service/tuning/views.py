@@ -22,8 +22,7 @@ SAMPLE_CREDITS_NOTE = (
 )
 
 
-class TrialNotFound(store.StoreError):
-    pass
+from service.tuning.report import TrialNotFound, study_trials  # noqa: E402
 
 
 @cache
@@ -87,11 +86,8 @@ def trial_page(url: str, name: str, offset: int, limit: int) -> dict[str, Any]:
 
 
 def _trials(url: str, name: str) -> list[FrozenTrial]:
-    try:
-        study_id = _storage(url).get_study_id_from_name(name)
-    except KeyError:  # queued: the coordinator has not created it in Optuna yet
-        return []
-    return _storage(url).get_all_trials(study_id, deepcopy=False)
+    # The report's cached study: finished trials are read once per process, not per request.
+    return study_trials(url, name)
 
 
 def _row(t: FrozenTrial) -> dict[str, Any]:
