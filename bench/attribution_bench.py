@@ -19,8 +19,10 @@ attribution-error-vs-rows.png (--out to move them).
      2000 permutations in all at M = 24 and 1000 at M = 48 (the same ~46k rows per
      response), seeds unused elsewhere; half-to-half differences estimate the reference's own
      error, reported with it. RM references are cached in
-     bench/results/attribution-reference.json (keyed by RM weights, ids and kind); a first
-     run computes them, about 40 minutes on 2 busy cores.
+     bench/results/attribution-reference.json (keyed by RM weights, ids and kind). A run
+     without them computes them first: about 20 minutes on an idle 2-core machine, mostly
+     M = 48 (`--references-only --players ...` fills the cache; runs over different M can
+     share the file).
    Methods, each at row budgets 4(M+1), 10(M+1), 10(2M+1), 40(M+1) per response: our
    `ShapleyAttributor` sampler (max_exact_players=1, so it samples; the most antithetic
    permutations that fit the budget); shap Permutation, Partition (balanced span tree) and
@@ -33,9 +35,9 @@ attribution-error-vs-rows.png (--out to move them).
    response. A memo of RM row scores (`MemoRewardModel`) is shared by a game's runs: a row
    asked for again (another seed or budget) is not recomputed; the scorer counts rows as it
    always does.
-2. Time outside the RM: each method's first run on imdb-rm, at 10(2M+1) rows with seed 0,
-   has an empty memo of its own, so each of its rows is a real forward: share = 1 - time in
-   the RM's forwards / wall time of the attribution.
+2. Time outside the RM: each method's runs on imdb-rm at 10(2M+1) rows get an empty memo
+   of their own, so each of their rows is a real forward: share = 1 - time in the RM's
+   forwards / wall time of the attribution, median over seeds.
 3. Defaults: every registered method at its default options, batch 32 of prompts from
    `task.prompts("eval")`, 24-token responses sampled from `task.load_policy()`.
 """
@@ -431,9 +433,11 @@ def sweep(game: Game, seeds: int) -> tuple[list[dict[str, Any]], list[dict[str, 
     """Every method at every budget and seed on one game: errors, and (imdb-rm) times.
 
     The RM rows of a game go through one memo, so a row asked for again is not recomputed.
-    Each method's first run, at 10(2M+1) rows with seed 0, is timed: it gets a memo of its
+    On imdb-rm the runs at 10(2M+1) rows come first and are timed: each gets a memo of its
     own, empty, so every row it asks for is a real forward (the rows join the shared memo
-    afterwards). Its time outside the RM is wall time minus time in the RM's forwards.
+    afterwards). Time outside the RM = wall time minus time in the RM's forwards; the
+    median over seeds is reported, as other work on a shared machine makes single runs
+    noisy.
     """
     memo: dict[bytes, float] = {}
     errors_out, times_out = [], []
@@ -441,9 +445,9 @@ def sweep(game: Game, seeds: int) -> tuple[list[dict[str, Any]], list[dict[str, 
     for method in METHODS:
         order = sorted(budgets(game.M), key=lambda b: b != timed_budget)  # the timed run first
         for budget in order:
-            errors, rows = [], []
+            errors, rows, times = [], [], []
             for seed in range(seeds):
-                timed = game.name == "imdb-rm" and budget == timed_budget and seed == 0
+                timed = game.name == "imdb-rm" and budget == timed_budget
                 rm = MemoRewardModel(game.rm, None if timed else memo)
                 scorer = RewardScorer(rm)
                 started = time.perf_counter()
@@ -453,7 +457,9 @@ def sweep(game: Game, seeds: int) -> tuple[list[dict[str, Any]], list[dict[str, 
                 rows.append(scorer.stats.rows / game.batch.size)
                 if timed:
                     memo.update(rm.memo)
-                    times_out.append(timing(game, method, budget, scorer, rm, wall))
+                    times.append((wall, rm.forward_seconds))
+            if times:
+                times_out.append(timing(game, method, budget, times))
             errors_out.append(
                 {
                     "game": game.name,
@@ -479,16 +485,19 @@ def sweep(game: Game, seeds: int) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 
 def timing(
-    game: Game, method: str, budget: int, scorer: RewardScorer, rm: MemoRewardModel, wall: float
+    game: Game, method: str, budget: int, times: list[tuple[float, float]]
 ) -> dict[str, Any]:
+    """Medians over seeds of (wall seconds, seconds in RM forwards) of one method's runs."""
+    walls = [wall for wall, _ in times]
+    shares = [1 - forward / wall for wall, forward in times]
     out = {
         "game": game.name,
         "M": game.M,
         "method": method,
         "budget": budget,
-        "rows": scorer.stats.rows / game.batch.size,
-        "ms_per_response": 1000 * wall / game.batch.size,
-        "outside_share": 1 - rm.forward_seconds / wall,
+        "ms_per_response": 1000 * float(np.median(walls)) / game.batch.size,
+        "outside_share": float(np.median(shares)),
+        "outside_shares": shares,
     }
     log.info(
         "time %s M=%d %s: %.0f ms/response, outside the RM %.1f%%",
@@ -559,7 +568,7 @@ def markdown(results: dict[str, Any]) -> str:
         "# Attribution benchmark",
         "",
         f"`{results['command']}` on {results['machine']}; {results['wall_minutes']:.1f} min; "
-        f"load average {results['load_average']} at the start (other work shared the cores).",
+        f"load average {results['load_average']} at the start.",
         "",
         "## Relative L2 error vs RM rows per response",
         "",
@@ -589,9 +598,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Time outside the RM forward",
         "",
-        "imdb-rm, each method's run at 10(2M+1) rows, seed 0, every row a real forward: share "
-        "of the attribution's wall time spent outside the RM (ms per response). Goal for "
-        "`shapley`: <= 20 %.",
+        "imdb-rm, each method at 10(2M+1) rows, every row a real forward: share of the "
+        "attribution's wall time spent outside the RM, and ms per response; medians over "
+        "seeds. Goal for `shapley`: <= 20 %.",
         "",
     ]
     lines += table(
