@@ -4,32 +4,19 @@ gives it its shape."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from service.store import studies as store
 from service.store.models import StudyModel
-from service.tuning.report import study_report, trial_row
+from service.tuning.report import TrialNotFound, study_report, study_trials, trial_row
 from service.tuning.spec import StudySpec
-from service.tuning.storage import open_storage
 
 SAMPLE_CREDITS_NOTE = (
     "per-token credits of sample responses are not recorded by the inner runs (they keep "
     "the texts only); `shapetune explain --task TASK TEXT` computes them for any text"
 )
-
-
-from service.tuning.report import TrialNotFound, study_trials  # noqa: E402
-
-
-@cache
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    """One read handle per database: opening Optuna's storage checks its schema, which
-    costs more than the reads a request makes."""
-    return open_storage(url)
 
 
 def submit(url: str, spec: StudySpec) -> dict[str, Any]:
@@ -96,12 +83,9 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
 
 def trial_detail(url: str, name: str, number: int) -> dict[str, Any]:
     store.get_study(url, name)
-    storage = _storage(url)
-    try:
-        study_id = storage.get_study_id_from_name(name)
-        t = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
-    except KeyError:
-        raise TrialNotFound(f"study {name!r} has no trial {number}") from None
+    t = next((t for t in study_trials(url, name) if t.number == number), None)
+    if t is None:
+        raise TrialNotFound(f"study {name!r} has no trial {number}")
     final = t.user_attrs.get("final", {})
     return {
         **_row(t),
