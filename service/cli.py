@@ -158,6 +158,7 @@ def explain(
     except (TaskError, BatchError, ValueError) as e:
         raise _fail(str(e)) from e
     tokens = [str(task.tokenizer.decode([t])) for t in response_ids]
+    methods = [row.method for row in rows]
     # One row per token, one column per method: long responses grow down, not sideways.
     table = Table(title=f"R = {score:+.4f}")
     table.add_column("token")
@@ -171,10 +172,10 @@ def explain(
     table.add_row("ms", *(f"{1000 * row.seconds:.1f}" for row in rows))
     console.print(table)
     if html_out:
-        html_out.write_text(heatmap_html(tokens, score, rows), encoding="utf-8")
+        html_out.write_text(heatmap_html(tokens, score, rows, methods), encoding="utf-8")
         console.print(f"heatmap page: {html_out}")
     if png_out:
-        heatmap_png(tokens, score, rows, png_out)
+        heatmap_png(tokens, score, rows, methods, png_out)
         console.print(f"heatmap image: {png_out}")
 
 

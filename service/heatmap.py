@@ -9,8 +9,27 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
-from shaping.explain import Explanation
+SHAPED = "shaped mix"
+"""The row that mixes the methods' credits with a trial's weights."""
+
+
+class Row(Protocol):
+    """One method's credits and what they cost (`shaping.explain.Explanation` is one)."""
+
+    @property
+    def credits(self) -> Sequence[float]: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+
+
+class _Recorded(NamedTuple):
+    credits: Sequence[float]
+    rows: int
+    seconds: float
 
 
 def _colour(value: float, scale: float) -> str:
@@ -24,14 +43,11 @@ def _ink(value: float, scale: float) -> str:
     return ";color:#fff" if scale and abs(value) > 0.6 * scale else ""
 
 
-def heatmap_table(
-    tokens: Sequence[str], rows: Sequence[Explanation], labels: Sequence[str] | None = None
-) -> str:
-    """The heatmap as one `<table class="heatmap">`; `labels` name the rows (default: the
-    method)."""
+def heatmap_table(tokens: Sequence[str], rows: Sequence[Row], labels: Sequence[str]) -> str:
+    """The heatmap as one `<table class="heatmap">`, its rows named by `labels`."""
     head = "".join(f"<th>{html.escape(t)}</th>" for t in tokens)
     body = []
-    for row, label in zip(rows, labels or [r.method for r in rows], strict=True):
+    for row, label in zip(rows, labels, strict=True):
         scale = max((abs(c) for c in row.credits), default=0.0)
         cells = "".join(
             f'<td style="background:{_colour(c, scale)}{_ink(c, scale)}" title="{c:+.4f}">'
@@ -49,18 +65,35 @@ def heatmap_table(
     )
 
 
-def heatmap_html(tokens: Sequence[str], score: float, rows: Sequence[Explanation]) -> str:
+def sample_table(sample: dict[str, Any]) -> str:
+    """The heatmap of a sample as `service.tuning.credits` records it: one row per method
+    of the trial, labelled with its weight, then the shaped mix."""
+    methods = sample["methods"]
+    used = [m for m in methods if m["weight"] > 0]
+    rows = [_Recorded(m["credits"], m["rm_rows"], m["seconds"]) for m in methods]
+    rows.append(
+        _Recorded(
+            sample["shaped"], sum(m["rm_rows"] for m in used), sum(m["seconds"] for m in used)
+        )
+    )
+    labels = [f"{m['method']} (w {m['weight']:.2f})" for m in methods] + [SHAPED]
+    return heatmap_table(sample["tokens"], rows, labels)
+
+
+def heatmap_html(
+    tokens: Sequence[str], score: float, rows: Sequence[Row], labels: Sequence[str]
+) -> str:
     """A self-contained HTML page (no scripts, no external assets)."""
     return (
         "<!doctype html><meta charset='utf-8'><title>shapetune explain</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 6px;font-size:12px;"
         "text-align:center;white-space:pre}</style>"
-        f"<p>reward-model score R = {score:+.4f}</p>" + heatmap_table(tokens, rows)
+        f"<p>reward-model score R = {score:+.4f}</p>" + heatmap_table(tokens, rows, labels)
     )
 
 
 def heatmap_png(
-    tokens: Sequence[str], score: float, rows: Sequence[Explanation], path: Path
+    tokens: Sequence[str], score: float, rows: Sequence[Row], labels: Sequence[str], path: Path
 ) -> None:
     import matplotlib
 
@@ -73,7 +106,7 @@ def heatmap_png(
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tokens) + 2), 0.5 * len(rows) + 1.5))
     ax.imshow(scaled, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], rotation=60, ha="right")
-    ax.set_yticks(range(len(rows)), [r.method for r in rows])
+    ax.set_yticks(range(len(rows)), list(labels))
     for (i, j), v in np.ndenumerate(values):
         ink = "white" if abs(scaled[i, j]) > 0.6 else "black"
         ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7, color=ink)

@@ -64,6 +64,9 @@ from trainers.ppo_math import (
 from trainers.signals import area_under_curve, distinct_n, repeated_token_fraction
 from trainers.tasks.base import Task
 
+RESULT = "result.json"
+"""What a run with a `run_dir` leaves beside its checkpoint: the `TrainResult` as JSON."""
+
 log = logging.getLogger(__name__)
 
 TRAIN_PHASES = ("rollout", "logprobs", "score", "shape", "advantages", "update")
@@ -227,9 +230,9 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
         save(run, progress, run_dir)
     result = _result(progress, stopped_early, run_dir)
     if run_dir:
-        tmp = run_dir / ".result.json.tmp"
+        tmp = run_dir / f".{RESULT}.tmp"
         tmp.write_text(json.dumps(asdict(result), indent=1, default=str))
-        os.replace(tmp, run_dir / "result.json")
+        os.replace(tmp, run_dir / RESULT)
     return result
 
 

@@ -19,8 +19,8 @@ from service.api.routes import api_router
 from service.dashboard.routes import router as dashboard_router
 from service.settings import Settings
 from service.store import studies as store
+from service.tuning.report import TrialNotFound
 from service.tuning.spec import StudySpec
-from service.tuning.views import TrialNotFound
 
 log = logging.getLogger(__name__)
 

@@ -111,6 +111,54 @@ class TrialsPublic(_Public):
     count: int
 
 
+class MethodCredits(_Public):
+    method: str
+    weight: float
+    """The method's weight in the trial's mix (0 for a method it did not use)."""
+    credits: list[float | None]
+    """One per response token."""
+    rm_rows: int
+    """Reward-model rows the method evaluated for this response."""
+    seconds: float
+    offset: float | None
+    """R - sum(credits): the prompt-only part of the score the method leaves out."""
+
+
+class SampleCredits(_Public):
+    """A sample response and its per-token credits under each method and the trial's mix."""
+
+    prompt: str
+    response: str
+    tokens: list[str]
+    """The response in the policy's tokens, decoded one by one."""
+    score: float | None
+    """The reward model's score R of prompt + response."""
+    methods: list[MethodCredits]
+    shaped: list[float | None]
+    """sum_k weight_k * credits_k per token: the reward the trial trained with, before KL."""
+
+
+class Artifact(_Public):
+    """A file an inner run left on its worker."""
+
+    trial_number: int
+    seed_index: int
+    """The seed's place among the trial's seeds (0 for the study's first seed)."""
+    kind: Literal["checkpoint", "result"]
+    """checkpoint: policy, value head, optimizer and RNG states (`torch.load` it);
+    result: the run's metrics and samples as JSON."""
+    host: str
+    """The worker's host name: the path is on that machine."""
+    path: str
+    bytes: int
+    created_at: UtcTime
+
+
+class ArtifactsPublic(_Public):
+    data: list[Artifact]
+    count: int
+
+
 class TrialPublic(TrialSummary):
     params: dict[str, Any]
     """What the sampler proposed (weights are derived from these)."""
@@ -124,9 +172,12 @@ class TrialPublic(TrialSummary):
     """The `cost/` metrics among them: RM rows per response, attribution and train time."""
     samples: list[str]
     """Sample responses of the first seed at its last evaluation."""
-    sample_credits: list[list[float]] | None
-    """Per-token credits of the samples; null when the inner runs did not record them."""
+    sample_credits: list[SampleCredits]
+    """The samples credited token by token (by the first seed's worker, as it finished)."""
     sample_credits_note: str
+    """Why `sample_credits` is empty, when it is."""
+    artifacts: list[Artifact]
+    """The files its inner runs left (their checkpoints hold the trained policies)."""
 
 
 class StudyAction(_Public):

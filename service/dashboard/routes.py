@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from functools import cache
 from importlib.resources import files
-from pathlib import Path
 from typing import Annotated, Any
 
 import plotly
@@ -19,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from service.dashboard import figures
+from service.heatmap import sample_table
 from service.store.studies import StoreError, StudyNotFound
 from service.tuning.report import TrialNotFound, studies_overview, study_detail, trial_report
 
@@ -50,12 +50,11 @@ templates.env.filters["weights"] = _weights
 
 
 class Where:
-    """The study database and home folder the app was started with."""
+    """The study database the app was started with."""
 
     def __init__(self, request: Request) -> None:
         settings = request.app.state.settings
         self.url: str = settings.storage_url()
-        self.home: Path = settings.resolved_home()
 
 
 WhereDep = Annotated[Where, Depends()]
@@ -124,31 +123,10 @@ def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTM
         request,
         "trial.html",
         t=trial,
+        heatmaps=[sample_table(sample) for sample in trial["sample_credits"]],
         figures=figures.seed_curves(trial),
         refresh=REFRESH_S if live else 0,
     )
-
-
-@router.get("/studies/{name}/trials/{number}/credits", response_class=HTMLResponse)
-def trial_credits(request: Request, name: str, number: int, where: WhereDep) -> HTMLResponse:
-    """The heatmap of the trial's first sample, as a fragment the trial page loads."""
-    from service.heatmap import heatmap_table
-    from service.tuning.credits import SHAPED, sample_credits
-
-    try:
-        credits = sample_credits(where.url, name, number, where.home)
-    except StoreError as e:
-        return _problem(request, e)
-    table = ""
-    if not credits.error:
-        labels = [
-            r.method
-            if r.method == SHAPED
-            else f"{r.method} (w {credits.weights.get(r.method, 0):.2f})"
-            for r in credits.rows
-        ]
-        table = heatmap_table(credits.tokens, credits.rows, labels)
-    return _page(request, "credits.html", credits=credits, table=table)
 
 
 @router.get("/static/{asset}")

@@ -1,5 +1,6 @@
 """The service-owned tables. Trials, params and values are Optuna's; these hold what
-Optuna does not: the submitted spec, the study's status, and the coordinator's lease.
+Optuna does not: the submitted spec, the study's status, the coordinator's lease, and the
+index of the files the trials' inner runs left behind.
 
 Their schema changes only through a migration under `service/store/migrations/`."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -41,3 +42,24 @@ class LeaseModel(Base):
     study_name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class ArtifactModel(Base):
+    """A file an inner run left on its worker: its checkpoint (policy, value head, optimizer,
+    RNG states: `trainers.checkpoint`) and its result. The files stay where the worker wrote
+    them; this says where, on which host, and how large, so nobody has to search for them."""
+
+    __tablename__ = "shapetune_artifacts"
+    __table_args__ = (
+        UniqueConstraint("study_name", "trial_number", "seed_index", "kind", name="uq_artifact"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_name: Mapped[str] = mapped_column(String(64), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    seed_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime())

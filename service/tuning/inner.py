@@ -8,6 +8,7 @@ into a folder named by the trial's parameters, so a retried trial continues from
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import traceback
@@ -18,10 +19,12 @@ from typing import Any
 import optuna
 
 from service.store.studies import get_study
+from service.tuning.credits import credit_samples
 from service.tuning.objective import CURVE_KEY, objective_value
 from service.tuning.storage import open_storage
+from trainers.checkpoint import CHECKPOINT
 from trainers.config import TrainConfig
-from trainers.ppo import Hooks, train
+from trainers.ppo import RESULT, Hooks, train
 from trainers.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,8 @@ CANCEL_POLL_S = 5.0
 def run_inner(job: dict[str, Any]) -> dict[str, Any]:
     """`job`: study, storage, trial_id, seed_index, config (TrainConfig as a dict), home,
     run_dir, heartbeat_s, objective, target, prune. Failures of the run itself (NaN, a
-    bad model) come back as `error`; only a lost worker raises."""
+    bad model) come back as `error`; only a lost worker raises. The first seed's run also
+    credits its sample responses token by token (`service.tuning.credits`)."""
     storage = open_storage(job["storage"], job["heartbeat_s"])
     stop = threading.Event()
     beat = threading.Thread(
@@ -50,7 +54,18 @@ def run_inner(job: dict[str, Any]) -> dict[str, Any]:
         result = train(config, task, hooks)
     except Exception as e:  # the run failed for a reason of its own: the trial records it
         log.warning("inner run of trial %s failed:\n%s", job["trial_id"], traceback.format_exc())
-        return {"seed_index": job["seed_index"], "error": f"{type(e).__name__}: {e}"}
+        return {
+            "seed_index": job["seed_index"],
+            "error": f"{type(e).__name__}: {e}",
+            **_artifacts(Path(job["run_dir"])),  # a checkpoint it left lets a retry go on
+        }
+    else:  # still heartbeating: crediting runs the reward model a few hundred times
+        samples = result.samples.get(max(result.samples), []) if result.samples else []
+        # The trial keeps the first seed's samples; a run cut short leaves them uncredited.
+        credits: list[dict[str, Any]] = []
+        credits_note = "the run stopped early: its samples were not credited"
+        if job["seed_index"] == 0 and not result.stopped_early:
+            credits, credits_note = credit_samples(task, config, samples)
     finally:
         stop.set()
     curve = {int(s): m for s, m in result.curves.items()}
@@ -59,11 +74,24 @@ def run_inner(job: dict[str, Any]) -> dict[str, Any]:
         "value": objective_value(job["objective"], curve, result.steps, job.get("target")),
         "curve": {str(s): _compact(m) for s, m in curve.items()},
         "final": {k: v for k, v in result.final.items() if isinstance(v, int | float)},
-        "samples": result.samples.get(max(result.samples), []) if result.samples else [],
+        "samples": samples,
+        "sample_credits": credits,
+        "sample_credits_note": credits_note,
         "steps": result.steps,
         "stopped_early": result.stopped_early,
         "pruned": bool(job.get("_pruned")),
+        **_artifacts(Path(job["run_dir"])),
     }
+
+
+def _artifacts(run_dir: Path) -> dict[str, Any]:
+    """The files the run left, for the study's artifacts index: where, and on which host."""
+    files = [
+        {"kind": kind, "path": str(run_dir / name), "bytes": (run_dir / name).stat().st_size}
+        for kind, name in (("checkpoint", CHECKPOINT), ("result", RESULT))
+        if (run_dir / name).is_file()
+    ]
+    return {"host": socket.gethostname(), "artifacts": files}
 
 
 def _compact(metrics: dict[str, float]) -> dict[str, float]:

@@ -10,9 +10,10 @@ from functools import cache
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from service.store import studies as store
+from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel
 from service.tuning.objective import CURVE_KEY, direction
 from service.tuning.storage import open_storage
@@ -36,6 +37,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "stderr": t.user_attrs.get("stderr"),
         "seed_values": t.user_attrs.get("seed_values", []),
         "failed_for": t.user_attrs.get("failed_for", ""),
+        "stopped_for": t.user_attrs.get("stopped_for", ""),
         "started": t.datetime_start,
         "finished": t.datetime_complete,
     }
@@ -92,6 +94,16 @@ def study_trials(url: str, name: str) -> list[FrozenTrial]:
                 return []
             _loaded[(url, name)] = study
     return study.get_trials(deepcopy=False)
+
+
+def find_trial(url: str, name: str, number: int) -> FrozenTrial:
+    """Trial `number` of a study the service knows; `TrialNotFound` if it has none."""
+    trial = next((t for t in study_trials(url, name) if t.number == number), None)
+    if trial is None:
+        raise TrialNotFound(
+            f"study {name!r} has no trial {number} (`shapetune status {name}` lists them)"
+        )
+    return trial
 
 
 def studies_overview(url: str) -> list[dict[str, Any]]:
@@ -154,11 +166,7 @@ def trial_report(url: str, name: str, number: int) -> dict[str, Any]:
     """One trial whole: `trial_row` plus params, per-seed curves of every recorded metric
     (at most MAX_CURVE_POINTS points each), final metrics, costs and sample responses."""
     record = store.get_study(url, name)
-    trial = next((t for t in study_trials(url, name) if t.number == number), None)
-    if trial is None:
-        raise TrialNotFound(
-            f"study {name!r} has no trial {number} (`shapetune status {name}` lists them)"
-        )
+    trial = find_trial(url, name, number)
     final: dict[str, float] = trial.user_attrs.get("final", {})
     curves = []
     for seed_curve in trial.user_attrs.get("curves", []):
@@ -180,7 +188,30 @@ def trial_report(url: str, name: str, number: int) -> dict[str, Any]:
         "final": {k: v for k, v in final.items() if not k.startswith("cost/")},
         "cost": {k: v for k, v in final.items() if k.startswith("cost/")},
         "samples": trial.user_attrs.get("samples", []),
+        **sample_credits(trial),
+        "artifacts": artifacts(url, name, number),
         "seconds": seconds,
+    }
+
+
+def artifacts(
+    url: str, name: str, trial: int | None = None, offset: int = 0, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """The files a study's inner runs (or one trial's) left on their workers."""
+    keys = ("trial_number", "seed_index", "kind", "host", "path", "bytes", "created_at")
+    rows, _ = page_artifacts(url, name, trial, offset, limit)
+    return [{k: getattr(r, k) for k in keys} for r in rows]
+
+
+def sample_credits(t: FrozenTrial) -> dict[str, Any]:
+    """The trial's credited samples (`service.tuning.credits`), or a note saying why none."""
+    running = t.state in (TrialState.RUNNING, TrialState.WAITING)
+    return {
+        "sample_credits": t.user_attrs.get("sample_credits", []),
+        "sample_credits_note": t.user_attrs.get(
+            "sample_credits_note",
+            "the trial is still running" if running else "the trial recorded no samples",
+        ),
     }
 
 

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from service.executor import Executor
 from service.store import studies as store
+from service.store.artifacts import record_artifacts
 from service.tuning import space
 from service.tuning.inner import run_inner
 from service.tuning.objective import direction
@@ -228,6 +229,15 @@ class _Loop:
         flight = self.in_flight.get(job["trial_number"])
         if flight is None:
             return
+        if result and result.get("artifacts"):
+            record_artifacts(
+                self.url,
+                self.spec.name,
+                job["trial_number"],
+                job["seed_index"],
+                result["host"],
+                result["artifacts"],
+            )
         flight.results[job["seed_index"]] = result or {"error": error or "no result"}
         if len(flight.results) < self.spec.seeds:
             return
@@ -253,6 +263,8 @@ class _Loop:
             seeds[0]["final"] if len(seeds) == 1 else _mean_dicts([r["final"] for r in seeds]),
         )
         trial.set_user_attr("samples", seeds[0]["samples"])
+        trial.set_user_attr("sample_credits", seeds[0].get("sample_credits", []))
+        trial.set_user_attr("sample_credits_note", seeds[0].get("sample_credits_note", ""))
         if any(r.get("pruned") for r in seeds):
             self.study.tell(trial, state=TrialState.PRUNED)
             self._report(f"trial {trial.number} pruned")

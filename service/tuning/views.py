@@ -6,17 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from service.store import studies as store
+from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel
-from service.tuning.report import TrialNotFound, study_report, study_trials, trial_row
-from service.tuning.spec import StudySpec
-
-SAMPLE_CREDITS_NOTE = (
-    "per-token credits of sample responses are not recorded by the inner runs (they keep "
-    "the texts only); `shapetune explain --task TASK TEXT` computes them for any text"
+from service.tuning.report import (
+    artifacts,
+    find_trial,
+    sample_credits,
+    study_report,
+    study_trials,
+    trial_row,
 )
+from service.tuning.spec import StudySpec
 
 
 def submit(url: str, spec: StudySpec) -> dict[str, Any]:
@@ -68,33 +71,30 @@ def _arm(row: dict[str, Any]) -> dict[str, Any]:
 
 def trial_page(url: str, name: str, offset: int, limit: int) -> dict[str, Any]:
     store.get_study(url, name)  # a study unknown to the service is a 404, not an empty page
-    trials = _trials(url, name)
-    return {"data": [_row(t) for t in trials[offset : offset + limit]], "count": len(trials)}
-
-
-def _trials(url: str, name: str) -> list[FrozenTrial]:
-    # The report's cached study: finished trials are read once per process, not per request.
-    return study_trials(url, name)
-
-
-def _row(t: FrozenTrial) -> dict[str, Any]:
-    return {**trial_row(t), "stopped_for": t.user_attrs.get("stopped_for", "")}
+    trials = study_trials(url, name)  # cached: finished trials are read once per process
+    return {"data": [trial_row(t) for t in trials[offset : offset + limit]], "count": len(trials)}
 
 
 def trial_detail(url: str, name: str, number: int) -> dict[str, Any]:
     store.get_study(url, name)
-    t = next((t for t in study_trials(url, name) if t.number == number), None)
-    if t is None:
-        raise TrialNotFound(f"study {name!r} has no trial {number}")
+    t = find_trial(url, name, number)
     final = t.user_attrs.get("final", {})
     return {
-        **_row(t),
+        **trial_row(t),
         "params": t.params,
         "curves": t.user_attrs.get("curves", []),
         "intermediate_values": t.intermediate_values,
         "final": final,
         "cost": {k: v for k, v in final.items() if k.startswith("cost/")},
         "samples": t.user_attrs.get("samples", []),
-        "sample_credits": None,
-        "sample_credits_note": SAMPLE_CREDITS_NOTE,
+        **sample_credits(t),
+        "artifacts": artifacts(url, name, number),
     }
+
+
+def artifact_page(
+    url: str, name: str, trial: int | None, offset: int, limit: int
+) -> dict[str, Any]:
+    store.get_study(url, name)
+    rows, count = page_artifacts(url, name, trial, offset, limit)
+    return {"data": rows, "count": count}

@@ -414,8 +414,35 @@ def test_submit_and_watch_through_the_cli(api: Api, tmp_path: Path) -> None:
     assert set(trial["curves"][0]) == {"0", "2", "4"}  # evaluated every 2 of 4 steps
     assert "eval/rm_mean" in trial["curves"][0]["4"]
     assert trial["cost"] and all(k.startswith("cost/") for k in trial["cost"])
-    assert trial["samples"] and trial["sample_credits"] is None
-    assert "not recorded" in trial["sample_credits_note"]
+    # The worker credited the samples token by token under both methods and the mix.
+    assert trial["samples"] and len(trial["sample_credits"]) == len(trial["samples"])
+    assert trial["sample_credits_note"] == ""
+    for text, sample in zip(trial["samples"], trial["sample_credits"], strict=True):
+        assert sample["prompt"] + sample["response"] == text
+        sparse, uniform = sample["methods"]
+        assert (sparse["method"], sparse["weight"], uniform["weight"]) == ("sparse", 1.0, 0.0)
+        T = len(sample["tokens"])
+        assert len(sparse["credits"]) == len(uniform["credits"]) == T
+        assert sparse["credits"][:-1] == [0.0] * (T - 1)  # the score on the last token
+        assert sum(sparse["credits"]) + sparse["offset"] == pytest.approx(sample["score"])
+        assert uniform["credits"] == pytest.approx([uniform["credits"][0]] * T)
+        assert sample["shaped"] == pytest.approx(sparse["credits"])
+
+    # Each trial's run left its checkpoint and result; the index says where.
+    with api.client(READ_TOKEN) as reader:
+        everything = reader.get(f"/studies/{body['name']}/artifacts", params={"limit": 100})
+        first = reader.get(f"/studies/{body['name']}/artifacts", params={"trial": 0}).json()
+        assert reader.get("/studies/nope/artifacts").status_code == 404
+    listed = everything.json()
+    assert listed["count"] == 2 * body["budget"]  # one seed: a checkpoint and a result each
+    assert first["data"] == trial["artifacts"]
+    assert [(a["seed_index"], a["kind"]) for a in first["data"]] == [
+        (0, "checkpoint"),
+        (0, "result"),
+    ]
+    for a in listed["data"]:
+        assert Path(a["path"]).stat().st_size == a["bytes"] > 0
+        assert a["host"] == socket.gethostname()
 
     listed = runner.invoke(cli_app, ["status", *remote])
     assert listed.exit_code == 0 and body["name"] in listed.output
@@ -600,4 +627,4 @@ def test_the_api_never_answers_5xx(idle_api: Api, mode: GenerationMode) -> None:
             )
 
         call()
-    assert "POST /api/v1/studies" in tried and len(tried) == 8
+    assert "POST /api/v1/studies" in tried and len(tried) == 9

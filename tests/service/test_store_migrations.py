@@ -19,7 +19,7 @@ from service.store.models import Base
 from service.store.studies import create_study, get_study
 from service.tuning.storage import open_storage
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends, Path, Query, status
 
 from service.api.deps import SpecDep, StorageDep, require_read, require_write
 from service.api.schemas import (
+    ArtifactsPublic,
     ErrorMessage,
     SpecRejected,
     Status,
@@ -94,6 +95,21 @@ def read_trial(
 ) -> TrialPublic:
     """One trial in full: parameters, weights, per-seed values and curves, cost, samples."""
     return TrialPublic.model_validate(views.trial_detail(url, name, number))
+
+
+@router.get("/{name}/artifacts", dependencies=[Depends(require_read)], responses=NOT_FOUND)
+def list_artifacts(
+    name: Name,
+    url: StorageDep,
+    trial: Annotated[
+        int | None, Query(ge=0, le=2**31 - 1, description="Only this trial's artifacts.")
+    ] = None,
+    offset: Offset = 0,
+    limit: Limit = 20,
+) -> ArtifactsPublic:
+    """Files the study's inner runs left on their workers (checkpoints, results), by trial,
+    seed and kind."""
+    return ArtifactsPublic.model_validate(views.artifact_page(url, name, trial, offset, limit))
 
 
 @router.post(

@@ -1,0 +1,55 @@
+"""The artifacts index on SQLite and PostgreSQL: a retried run replaces its rows; pages
+come by trial, seed and kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.store.artifacts import page_artifacts, record_artifacts
+from service.store.db import get_engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'studies.db'}"
+    else:
+        url = request.getfixturevalue("pg_databases")()
+    get_engine(url)  # migrated
+    return url
+
+
+def _files(run: str, size: int) -> list[dict[str, object]]:
+    return [
+        {"kind": "checkpoint", "path": f"/runs/{run}/checkpoint.pt", "bytes": size},
+        {"kind": "result", "path": f"/runs/{run}/result.json", "bytes": 10},
+    ]
+
+
+def test_a_retried_run_replaces_what_its_first_attempt_recorded(url: str) -> None:
+    record_artifacts(url, "s", 1, 0, "worker-a", _files("a", 5 * 2**30))  # > 32-bit sizes
+    record_artifacts(url, "s", 1, 0, "worker-b", _files("b", 7))
+    rows, count = page_artifacts(url, "s")
+    assert count == 2
+    assert [(r.host, r.path, r.bytes) for r in rows] == [
+        ("worker-b", "/runs/b/checkpoint.pt", 7),
+        ("worker-b", "/runs/b/result.json", 10),
+    ]
+
+
+def test_pages_are_ordered_by_trial_seed_and_kind_and_filter_by_trial(url: str) -> None:
+    for trial, seed in ((2, 1), (0, 0), (2, 0)):
+        record_artifacts(url, "s", trial, seed, "h", _files(f"{trial}-{seed}", 1))
+    record_artifacts(url, "other", 0, 0, "h", _files("other", 1))
+    rows, count = page_artifacts(url, "s", offset=1, limit=3)
+    assert count == 6
+    assert [(r.trial_number, r.seed_index, r.kind) for r in rows] == [
+        (0, 0, "result"),
+        (2, 0, "checkpoint"),
+        (2, 0, "result"),
+    ]
+    rows, count = page_artifacts(url, "s", trial=2)
+    assert count == 4 and {r.trial_number for r in rows} == {2}
+    assert page_artifacts(url, "nope") == ([], 0)
