@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 
 from service.api.admission import admit
+from service.auth import SESSION_COOKIE, Role, reads_open, session_reads, token_role
 from service.settings import Settings
 from service.tuning.spec import SpecError, StudySpec
 
@@ -33,20 +32,8 @@ StorageDep = Annotated[str, Depends(get_storage)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def _matches(given: str, token: SecretStr | None) -> bool:
-    return token is not None and hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
-    )
-
-
-def _role(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> str | None:
-    if credentials is None:
-        return None
-    if _matches(credentials.credentials, settings.token):
-        return "write"
-    if _matches(credentials.credentials, settings.read_token):
-        return "read"
-    return None
+def _role(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> Role | None:
+    return None if credentials is None else token_role(credentials.credentials, settings)
 
 
 def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> HTTPException:
@@ -56,15 +43,23 @@ def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> HTTPExcep
     )
 
 
-def require_read(credentials: CredentialsDep, settings: SettingsDep) -> None:
-    open_reads = not settings.auth_reads or (settings.token is None and settings.read_token is None)
-    if not open_reads and _role(credentials, settings) is None:
+def may_read(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    """A bearer token, or the dashboard's session cookie (`service.auth`)."""
+    settings = get_settings(request)
+    if reads_open(settings) or _role(credentials, settings) is not None:
+        return True
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return cookie is not None and session_reads(cookie, settings)
+
+
+def require_read(request: Request, credentials: CredentialsDep) -> None:
+    if not may_read(request, credentials):
         raise _unauthorized(credentials)
 
 
 def require_write(credentials: CredentialsDep, settings: SettingsDep) -> None:
     """Without a configured token the server binds to loopback only (`serve` refuses
-    otherwise), and writes are open to whoever can reach it."""
+    otherwise), and writes are open to whoever can reach it. Never the cookie."""
     if settings.token is None:
         return
     role = _role(credentials, settings)

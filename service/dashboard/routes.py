@@ -2,7 +2,8 @@
 figures (`figures`) and renders a template. Mounted at `/`, assets under `/static/`.
 
 The app that includes `router` keeps its `Settings` in `app.state.settings`; the pages
-read the study database it names.
+read the study database it names. Where reads need a token, a browser signs in at `/login`
+(`service.auth`); the assets hold no data and are open.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import math
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
 
 import plotly
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from service.api.deps import CredentialsDep, may_read
+from service.auth import SESSION_COOKIE, reads_open, session_value, token_role
 from service.dashboard import figures
 from service.heatmap import sample_table
 from service.store.studies import StoreError, StudyNotFound
@@ -60,8 +64,12 @@ class Where:
 WhereDep = Annotated[Where, Depends()]
 
 
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/") + "/"
+
+
 def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    root = request.scope.get("root_path", "").rstrip("/") + "/"
+    root = _root(request)
     return templates.TemplateResponse(
         request,
         template,
@@ -69,10 +77,22 @@ def _page(request: Request, template: str, status_code: int = 200, **context: An
             "root": root,
             "static": lambda name: f"{root}static/{name}",
             "plotly": PLOTLY,
+            "signed_in": SESSION_COOKIE in request.cookies,
             **context,
         },
         status_code=status_code,
     )
+
+
+def reader(request: Request, credentials: CredentialsDep) -> None:
+    """Pages need what API reads need; a browser without it is sent to sign in."""
+    if not may_read(request, credentials):
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        login = f"{_root(request)}login?{urlencode({'next': back})}"
+        raise HTTPException(status.HTTP_303_SEE_OTHER, "sign in", headers={"Location": login})
+
+
+Reader = [Depends(reader)]
 
 
 def _problem(request: Request, e: StoreError) -> HTMLResponse:
@@ -80,7 +100,7 @@ def _problem(request: Request, e: StoreError) -> HTMLResponse:
     return _page(request, "error.html", status, code=status, message=str(e))
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=Reader)
 def studies_page(request: Request, where: WhereDep) -> HTMLResponse:
     try:
         rows = studies_overview(where.url)
@@ -93,7 +113,7 @@ def studies_page(request: Request, where: WhereDep) -> HTMLResponse:
     return _page(request, "studies.html", studies=rows, refresh=REFRESH_S if live else 0)
 
 
-@router.get("/studies/{name}", response_class=HTMLResponse)
+@router.get("/studies/{name}", response_class=HTMLResponse, dependencies=Reader)
 def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
     try:
         detail = study_detail(where.url, name)
@@ -112,7 +132,7 @@ def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
     )
 
 
-@router.get("/studies/{name}/trials/{number}", response_class=HTMLResponse)
+@router.get("/studies/{name}/trials/{number}", response_class=HTMLResponse, dependencies=Reader)
 def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTMLResponse:
     try:
         trial = trial_report(where.url, name, number)
@@ -127,6 +147,60 @@ def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTM
         figures=figures.seed_curves(trial),
         refresh=REFRESH_S if live else 0,
     )
+
+
+MAX_LOGIN_BYTES = 4096
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/") -> Response:
+    if reads_open(request.app.state.settings):
+        return RedirectResponse(_safe_next(request, next), status.HTTP_303_SEE_OTHER)
+    return _page(request, "login.html", next=next, error="")
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """The form's token, checked as a bearer token would be; a valid one leaves the session
+    cookie and goes back to the page that asked for it."""
+    settings = request.app.state.settings
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BYTES:
+            return _page(request, "login.html", 413, next="/", error="the form is too large")
+    form = parse_qs(body.decode("utf-8", "replace"))
+    token, next = form.get("token", [""])[0], form.get("next", ["/"])[0]
+    role = token_role(token, settings) if token else None
+    if role is None:
+        error = "the token is not valid" if token else "give a token"
+        return _page(request, "login.html", 401, next=next, error=error)
+    signed = settings.token if role == "write" else settings.read_token
+    response = RedirectResponse(_safe_next(request, next), status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_value(signed),
+        httponly=True,  # no script reads it
+        samesite="lax",  # sent when a link from elsewhere opens a page (pages only read)
+        secure=request.url.scheme == "https",
+        path=_root(request),
+    )
+    return response
+
+
+@router.get("/logout")
+def logout(request: Request) -> Response:
+    response = RedirectResponse(f"{_root(request)}login", status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(SESSION_COOKIE, path=_root(request))
+    return response
+
+
+def _safe_next(request: Request, next: str) -> str:
+    """`next` if it is a path on this site; the studies page otherwise (no open redirect
+    to `//elsewhere` or `https://elsewhere`)."""
+    if next.startswith("/") and not next.startswith(("//", "/\\")):
+        return next
+    return _root(request)
 
 
 @router.get("/static/{asset}")

@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -201,19 +202,80 @@ def test_plotly_is_served_from_the_python_package(client: TestClient) -> None:
     assert "max-age" in asset.headers["cache-control"]
 
 
-def test_the_service_app_serves_the_pages_behind_its_read_token(
-    finished: tuple[Settings, str],
-) -> None:
+def _guarded(finished: tuple[Settings, str], **tokens: str) -> TestClient:
+    """The service's app (API and pages) over the finished study, with these tokens."""
     from service.api.app import create_app
 
-    settings, name = finished
+    settings = finished[0]
     where = {"home": settings.home, "storage": settings.storage, "coordinator": False}
-    open_app = TestClient(create_app(Settings(**where)))
-    assert open_app.get(f"/studies/{name}").status_code == 200
-    client = TestClient(create_app(Settings(**where, read_token="r3ad")))
-    assert client.get(f"/studies/{name}").status_code == 401
-    page = client.get(f"/studies/{name}", headers={"Authorization": "Bearer r3ad"})
-    assert page.status_code == 200 and "best shape" in page.text
+    return TestClient(create_app(Settings(**where, **tokens)), follow_redirects=False)
+
+
+def test_pages_are_open_when_the_service_has_no_token(finished: tuple[Settings, str]) -> None:
+    client = _guarded(finished)
+    assert client.get(f"/studies/{finished[1]}").status_code == 200
+    login = client.get("/login", params={"next": f"/studies/{finished[1]}"})
+    assert login.status_code == 303 and login.headers["location"] == f"/studies/{finished[1]}"
+
+
+def test_a_browser_signs_in_with_a_token_and_reads_the_pages(
+    finished: tuple[Settings, str],
+) -> None:
+    client = _guarded(finished, token="wr1te", read_token="r3ad")
+    study = f"/studies/{finished[1]}"
+    asked = client.get(study, params={"tab": "x"})
+    assert asked.status_code == 303
+    assert asked.headers["location"] == "/login?next=%2Fstudies%2Fdash-demo%3Ftab%3Dx"
+    form = client.get(asked.headers["location"])
+    assert form.status_code == 200 and 'type="password" name="token"' in form.text
+    assert f'name="next" value="{study}?tab=x"' in form.text
+    assert client.get("/static/dashboard.css").status_code == 200  # the form's style is open
+
+    wrong = client.post("/login", data={"token": "nope", "next": study})
+    assert wrong.status_code == 401 and "the token is not valid" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    assert client.get(study).status_code == 303
+
+    signed = client.post("/login", data={"token": "r3ad", "next": study})
+    assert signed.status_code == 303 and signed.headers["location"] == study
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "r3ad" not in cookie
+    page = client.get(study)
+    assert page.status_code == 200 and "best shape" in page.text and "sign out" in page.text
+    assert client.get("/api/v1/studies").status_code == 200  # reads, as the token would
+    # The cookie never writes: a page elsewhere cannot make this browser act.
+    assert client.post(f"/api/v1/studies/{finished[1]}/cancel").status_code == 401
+
+    out = client.get("/logout")
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert client.get(study).status_code == 303
+
+
+def test_the_write_token_signs_in_too_but_the_session_only_reads(
+    finished: tuple[Settings, str],
+) -> None:
+    client = _guarded(finished, token="wr1te")
+    signed = client.post("/login", data={"token": "wr1te", "next": "/"})
+    assert signed.status_code == 303 and "wr1te" not in signed.headers["set-cookie"]
+    assert client.get(f"/studies/{finished[1]}").status_code == 200
+    assert client.post(f"/api/v1/studies/{finished[1]}/cancel").status_code == 401
+    bearer = {"Authorization": "Bearer wr1te"}
+    scripted = _guarded(finished, token="wr1te")  # no cookie: the header alone
+    assert scripted.get(f"/studies/{finished[1]}", headers=bearer).status_code == 200
+
+
+@pytest.mark.parametrize("target", ["//elsewhere.example/x", "https://elsewhere.example", "/\\x"])
+def test_sign_in_never_redirects_off_the_site(finished: tuple[Settings, str], target: str) -> None:
+    client = _guarded(finished, read_token="r3ad")
+    signed = client.post("/login", data={"token": "r3ad", "next": target})
+    assert signed.status_code == 303 and signed.headers["location"] == "/"
+
+
+def test_a_forged_cookie_reads_nothing(finished: tuple[Settings, str]) -> None:
+    client = _guarded(finished, read_token="r3ad")
+    client.cookies.set("shapetune_session", "0" * 64)
+    assert client.get(f"/studies/{finished[1]}").status_code == 303
+    assert client.get("/api/v1/studies").status_code == 401
 
 
 def _free_port() -> int:
@@ -222,24 +284,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def served(finished: tuple[Settings, str]) -> Iterator[str]:
-    """The pages served by uvicorn on a free loopback port, in a thread."""
+@contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port, in a thread."""
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(_app(finished[0]), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served(finished: tuple[Settings, str]) -> Iterator[str]:
+    with _serving(_app(finished[0])) as base:
+        yield base
 
 
 def _browser_or_skip() -> Any:
@@ -288,6 +356,31 @@ def test_pages_render_in_headless_chromium(
     assert not errors, errors
     for name in ("study.png", "trial.png"):
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_browser_signs_in_where_reads_need_a_token(finished: tuple[Settings, str]) -> None:
+    from service.api.app import create_app
+
+    sync_playwright = _browser_or_skip()
+    settings = finished[0]
+    app = create_app(
+        Settings(home=settings.home, storage=settings.storage, coordinator=False, read_token="r3ad")
+    )
+    with _serving(app) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{base}/studies/{finished[1]}/trials/3")
+        assert page.url.startswith(f"{base}/login?next=")
+        page.fill("input[name=token]", "wrong")
+        page.click("button[type=submit]")
+        assert page.locator("#login-error").inner_text() == "the token is not valid"
+        page.fill("input[name=token]", "r3ad")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/studies/{finished[1]}/trials/3")
+        assert page.locator("table.heatmap").count() == 3
+        page.click("text=sign out")
+        page.wait_for_url(f"{base}/login")
+        browser.close()
 
 
 def test_dashboard_command_serves_optuna_dashboard_on_loopback(
