@@ -3,10 +3,10 @@
     .venv/bin/python bench/dashboard_bench.py --out bench/results/dashboard.json
 
 A fresh SQLite study database gets one study of 1,000 completed trials (3 methods and a
-KL knob, 2 seeds, 5 evaluations per seed, 3 samples, the final metrics of a real inner
-run) and 4 studies of 25, written through Optuna's storage and the service's record as a
-coordinator writes them. The app (`service.api.app.create_app`, without a coordinator;
-the dashboard router alone if there is no API) is served by uvicorn on loopback; each URL
+KL knob, 2 seeds, 5 evaluations per seed, 3 samples credited token by token, the final
+metrics of a real inner run, 4 artifacts) and 4 studies of 25, written through Optuna's
+storage and the service's tables as a coordinator writes them. The app
+(`service.api.app.create_app`, without a coordinator) is served by uvicorn on loopback; each URL
 is asked `--requests` times over one kept-alive connection after 3 warm-up requests (the
 first, cold one is reported apart: it reads every trial once). Then headless Chromium
 (Debian's, through Playwright) loads each page `--loads` times, timed from navigation to
@@ -66,6 +66,7 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
     from optuna.trial import create_trial
 
     from service.store import studies as store
+    from service.store.artifacts import record_artifacts
     from service.tuning.space import control_arms, weights_from_params
     from service.tuning.spec import parse_spec
     from service.tuning.storage import open_storage
@@ -102,6 +103,7 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
             params = {"u0": rng.random(), "u1": rng.random()}
             params["kl_coef"] = math.exp(rng.uniform(math.log(0.001), math.log(0.2)))
         weights = weights_from_params(METHODS, params)
+        samples = [" ".join(f"w{rng.randrange(32)}" for _ in range(12)) for _ in range(3)]
         level = 0.3 + 0.4 * weights["red"] + 0.1 * weights["uniform"] - 0.5 * params["kl_coef"]
         curves = [
             {
@@ -125,7 +127,9 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
             "stderr": statistics.stdev(values) / math.sqrt(2),
             "curves": curves,
             "final": {k: rng.random() for k in FINAL_KEYS},
-            "samples": [" ".join(f"w{rng.randrange(32)}" for _ in range(12)) for _ in range(3)],
+            "samples": samples,
+            "sample_credits": [credited(text, weights, rng) for text in samples],
+            "sample_credits_note": "",
         }
         study.add_trial(
             create_trial(
@@ -135,26 +139,56 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
                 user_attrs=attrs,
             )
         )
+        for seed in range(2):
+            files = [
+                {
+                    "kind": "checkpoint",
+                    "path": f"/runs/{name}/{i}/seed{seed}/checkpoint.pt",
+                    "bytes": 2_500_000,
+                },
+                {
+                    "kind": "result",
+                    "path": f"/runs/{name}/{i}/seed{seed}/result.json",
+                    "bytes": 9_000,
+                },
+            ]
+            record_artifacts(url, name, i, seed, "worker-1", files)
     store.set_status(url, name, "completed", "")
 
 
-def serve(home: Path, url: str) -> tuple[Any, int, str]:
-    """uvicorn on a free loopback port in a thread; the API app if there is one."""
-    import uvicorn
-    from fastapi import FastAPI
+def credited(text: str, weights: dict[str, float], rng: random.Random) -> dict[str, Any]:
+    """A sample as `service.tuning.credits` records it: every method's credits and the mix."""
+    tokens = [f" {w}" for w in text.split()]
+    methods = [
+        {
+            "method": m,
+            "weight": weights[m],
+            "credits": [rng.gauss(0, 0.1) for _ in tokens],
+            "rm_rows": 2,
+            "seconds": 0.001,
+            "offset": 0.0,
+        }
+        for m in METHODS
+    ]
+    shaped = [sum(m["weight"] * m["credits"][t] for m in methods) for t in range(len(tokens))]
+    return {
+        "prompt": "",
+        "response": text,
+        "tokens": tokens,
+        "score": 0.5,
+        "methods": methods,
+        "shaped": shaped,
+    }
 
-    from service.dashboard.routes import router
+
+def serve(home: Path, url: str) -> tuple[Any, int]:
+    """The service's app on a free loopback port, in a thread."""
+    import uvicorn
+
+    from service.api.app import create_app
     from service.settings import Settings
 
-    settings = Settings(home=home, storage=url, coordinator=False)
-    try:
-        from service.api.app import create_app
-    except ImportError:
-        app, kind = FastAPI(), "dashboard router only (no service.api)"
-        app.state.settings = settings
-        app.include_router(router)
-    else:
-        app, kind = create_app(settings), "service.api.app.create_app"
+    app = create_app(Settings(home=home, storage=url, coordinator=False))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -162,7 +196,7 @@ def serve(home: Path, url: str) -> tuple[Any, int, str]:
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    return server, port, kind
+    return server, port
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -258,20 +292,20 @@ def main() -> None:
         fill_s = time.perf_counter() - started
         print(f"filled {TRIALS} + {SMALL} x 25 trials in {fill_s:.0f} s", file=sys.stderr)
 
-        server, port, kind = serve(home, url)
+        server, port = serve(home, url)
         trial = f"/studies/{STUDY}/trials/{TRIALS // 2}"
-        endpoints = {}
-        if kind.startswith("service.api"):
-            endpoints = time_urls(
-                port,
-                {
-                    "api: list studies": "/api/v1/studies",
-                    "api: one study": f"/api/v1/studies/{STUDY}",
-                    "api: trials (first page)": f"/api/v1/studies/{STUDY}/trials",
-                    "api: one trial": f"/api/v1{trial}",
-                },
-                args.requests,
-            )
+        endpoints = time_urls(
+            port,
+            {
+                "api: list studies": "/api/v1/studies",
+                "api: one study": f"/api/v1/studies/{STUDY}",
+                "api: trials (first page)": f"/api/v1/studies/{STUDY}/trials",
+                "api: trials (last page)": f"/api/v1/studies/{STUDY}/trials?offset={TRIALS - 20}",
+                "api: one trial": f"/api/v1{trial}",
+                "api: artifacts (a page)": f"/api/v1/studies/{STUDY}/artifacts?offset=2000",
+            },
+            args.requests,
+        )
         pages_http = time_urls(
             port,
             {"page: studies": "/", "page: study": f"/studies/{STUDY}", "page: trial": trial},
@@ -290,7 +324,6 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
         "load_average": os.getloadavg(),
-        "app": kind,
         "trials": TRIALS,
         "fill_seconds": round(fill_s, 1),
         "http": {**endpoints, **pages_http},
