@@ -122,8 +122,8 @@ def test_trial_page_shows_seed_curves_values_cost_and_samples(
     assert _figure_ids(text) == ["eval-rm_mean", "eval-kl"]
     assert text.count("seed 0") >= 2 and text.count("seed 1") >= 2
     assert 'id="seeds"' in text and 'id="cost"' in text and "cost/rm_rows_per_response" in text
-    assert text.count('<div class="sample">') == 3
     assert text.count('<table class="heatmap">') == 3  # one per sample, credited by the worker
+    assert text.count('response <span class="sample">') == 3
     assert 'id="artifacts"' in text and text.count("checkpoint.pt</code>") == 2  # 2 seeds
 
 
@@ -176,7 +176,8 @@ def test_a_trial_without_credits_says_why(tmp_path: Path) -> None:
     client = TestClient(_app(Settings(home=tmp_path, storage=url)))
     page = client.get("/studies/uncredited/trials/0")
     assert page.status_code == 200
-    assert f'<p class="note" id="credits-note">{note}</p>' in page.text
+    assert f'<p class="note" id="credits-note">Not credited: {note}</p>' in page.text
+    assert '<div class="sample">It was great</div>' in page.text
     assert '<table class="heatmap">' not in page.text
 
 
