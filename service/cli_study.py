@@ -1,4 +1,5 @@
-"""`shapetune run | resume | status | cancel | schema`: tuning studies from the terminal.
+"""`shapetune run | resume | reevaluate | status | cancel | schema`: tuning studies from the
+terminal.
 
 With `--url`, `status`, `resume` and `cancel` ask a running `shapetune serve` instead
 (`service.cli_remote`, which also holds `submit`)."""
@@ -41,7 +42,7 @@ RayAddressOption = Annotated[
 def register(app: typer.Typer) -> None:
     from service.cli_remote import submit
 
-    for command in (run, resume, status, cancel, schema, submit):
+    for command in (run, resume, reevaluate, status, cancel, schema, submit):
         app.command()(command)
 
 
@@ -87,6 +88,76 @@ def resume(
     except StoreError as e:
         raise fail(str(e)) from e
     _drive(spec, url, executor, ray_address, home_dir, new=False)
+
+
+def reevaluate(
+    name: Annotated[str, typer.Argument(help="The study whose incumbent to re-run.")],
+    seeds: Annotated[int, typer.Option("--seeds", min=2, help="Fresh seeds per arm.")] = 5,
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="Re-run this trial instead of the incumbent.")
+    ] = None,
+    storage: StorageOption = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Re-run the incumbent (best mean over seeds) and the pure-sparse control on fresh
+    seeds: an estimate of both, and of their paired difference, free of the luck that
+    picked the incumbent. Kept with the study; `status NAME` shows it."""
+    from service.executor import make_executor
+    from service.store.studies import StoreError, get_study
+    from service.tuning.reevaluate import ReevaluationError
+    from service.tuning.reevaluate import reevaluate as run_reevaluation
+    from service.tuning.spec import parse_spec
+
+    setup_logging(verbose=False)
+    home_dir = resolve_home(home)
+    url = _url(storage, home_dir)
+    try:
+        spec = parse_spec(get_study(url, name).spec)
+        runner = make_executor(
+            executor or spec.executor,
+            cpus=spec.resources.cpus,
+            gpus=spec.resources.gpus,
+            workers=spec.resources.workers,
+            ray_address=ray_address,
+        )
+        with progress_bar() as bar:
+            job = bar.add_task("re-evaluation runs", total=2 * seeds)
+
+            def show(line: str) -> None:
+                bar.advance(job)
+                bar.console.log(line)
+
+            run_reevaluation(spec, url, home_dir, runner, seeds, trial, on_run=show)
+    except (StoreError, ReevaluationError, ValueError, RuntimeError) as e:
+        raise fail(str(e)) from e
+    _print_reevaluation(url, name)
+
+
+def _print_reevaluation(url: str, name: str) -> None:
+    from service.tuning.report import reevaluation
+
+    found = reevaluation(url, name)
+    if found is None:
+        return
+    table = Table(title=f"re-evaluated on fresh seeds {found['seeds']} ({found['objective']})")
+    for column in ("trial", "arm", "weights", "in the study", "fresh seeds"):
+        table.add_column(column, justify="right" if column == "trial" else "left")
+    for arm in found["arms"]:
+        table.add_row(
+            str(arm["trial"]),
+            arm["label"],
+            _weights(arm["weights"]),
+            f"{_num(arm['study_value'])} ± {_num(arm['study_stderr'])}",
+            f"{_num(arm['mean'])} ± {_num(arm['stderr'])}",
+        )
+    console.print(table)
+    if found["difference"]:
+        d = found["difference"]
+        console.print(
+            f"incumbent - pure sparse, paired by seed: {_num(d['mean'])} ± {_num(d['stderr'])}"
+        )
 
 
 def _url(storage: str | None, home: Path) -> str:
@@ -237,6 +308,7 @@ def status(
                 typer.echo(json.dumps(report, indent=2, default=str))
             else:
                 _print_study(url, name)
+                _print_reevaluation(url, name)
             return
         rows = studies_overview(url)
     except StoreError as e:

@@ -75,6 +75,36 @@ class Arm(_Public):
     state: str
 
 
+class Estimate(_Public):
+    values: list[float | None]
+    """One per fresh seed."""
+    mean: float | None
+    stderr: float | None
+
+
+class ReevaluatedArm(Estimate):
+    trial: int
+    label: str
+    """"incumbent", or the control arm's label."""
+    weights: dict[str, float] | None
+    knobs: dict[str, float]
+    study_value: float | None
+    """The trial's mean over the study's own seeds, for comparison."""
+    study_stderr: float | None
+
+
+class Reevaluation(_Public):
+    """The incumbent and the pure-sparse control re-run on seeds no trial used
+    (`shapetune reevaluate NAME`): estimates free of the luck that picked the incumbent."""
+
+    objective: str
+    seeds: list[int]
+    arms: list[ReevaluatedArm]
+    difference: Estimate | None
+    """Incumbent minus control, paired by seed (null when the incumbent is the control)."""
+    finished_at: datetime
+
+
 class StudyPublic(StudySummary):
     owner: str
     spec: dict[str, Any]
@@ -87,6 +117,8 @@ class StudyPublic(StudySummary):
     sparse: Arm | None
     """The pure-sparse control arm, the baseline the shaping is meant to beat."""
     control_arms: list[Arm]
+    reevaluation: Reevaluation | None
+    """The latest re-evaluation on fresh seeds, if one was run."""
 
 
 class TrialSummary(_Public):

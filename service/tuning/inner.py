@@ -33,22 +33,26 @@ CANCEL_POLL_S = 5.0
 
 
 def run_inner(job: dict[str, Any]) -> dict[str, Any]:
-    """`job`: study, storage, trial_id, seed_index, config (TrainConfig as a dict), home,
-    run_dir, heartbeat_s, objective, target, prune. Failures of the run itself (NaN, a
-    bad model) come back as `error`; only a lost worker raises. The first seed's run also
-    credits its sample responses token by token (`service.tuning.credits`)."""
-    storage = open_storage(job["storage"], job["heartbeat_s"])
+    """`job`: study, storage, trial_id (None: a run of no trial, e.g. a re-evaluation),
+    seed_index, config (TrainConfig as a dict), home, run_dir, heartbeat_s, objective,
+    target, prune, credit (credit the sample responses token by token,
+    `service.tuning.credits`). Failures of the run itself (NaN, a bad model) come back as
+    `error`; only a lost worker raises."""
     stop = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat, args=(storage, job["trial_id"], job["heartbeat_s"], stop), daemon=True
-    )
-    beat.start()
+    if job["trial_id"] is not None:
+        storage = open_storage(job["storage"], job["heartbeat_s"])
+        beat = threading.Thread(
+            target=_heartbeat,
+            args=(storage, job["trial_id"], job["heartbeat_s"], stop),
+            daemon=True,
+        )
+        beat.start()
     try:
         config = TrainConfig.from_dict({**job["config"], "run_dir": job["run_dir"]})
         Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
         task = make_task(config.task.name, Path(job["home"]), **config.task.options)
         hooks = Hooks(
-            report=_pruning_report(job, storage) if job.get("prune") else Hooks().report,
+            report=_pruning_report(job, storage) if job["prune"] else Hooks().report,
             should_stop=_stop_check(job),
         )
         result = train(config, task, hooks)
@@ -61,10 +65,9 @@ def run_inner(job: dict[str, Any]) -> dict[str, Any]:
         }
     else:  # still heartbeating: crediting runs the reward model a few hundred times
         samples = result.samples.get(max(result.samples), []) if result.samples else []
-        # The trial keeps the first seed's samples; a run cut short leaves them uncredited.
         credits: list[dict[str, Any]] = []
         credits_note = "the run stopped early: its samples were not credited"
-        if job["seed_index"] == 0 and not result.stopped_early:
+        if job["credit"] and not result.stopped_early:
             credits, credits_note = credit_samples(task, config, samples)
     finally:
         stop.set()

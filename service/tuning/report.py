@@ -18,6 +18,8 @@ from service.store.models import StudyModel
 from service.tuning.objective import CURVE_KEY, direction
 from service.tuning.storage import open_storage
 
+REEVALUATION = "reevaluation"
+"""The study user attribute that keeps the latest re-evaluation of the incumbent."""
 MAX_CURVE_POINTS = 100
 """Points kept per learning curve in what pages and the API send (first and last kept)."""
 
@@ -45,7 +47,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
 
 def study_report(url: str, name: str) -> dict[str, Any]:
     record = store.get_study(url, name)
-    return _report(record, study_trials(url, name))
+    return {**_report(record, study_trials(url, name)), "reevaluation": reevaluation(url, name)}
 
 
 def _report(record: StudyModel, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
@@ -85,15 +87,27 @@ def study_trials(url: str, name: str) -> list[FrozenTrial]:
     unfinished ones, so a page or an endpoint over a study of 1,000 trials costs one small
     query once the first read is done. The trials are shared: callers must not change them.
     """
+    study = _study(url, name)
+    return [] if study is None else study.get_trials(deepcopy=False)
+
+
+def _study(url: str, name: str) -> optuna.Study | None:
     with _loading:
         study = _loaded.get((url, name))
         if study is None:
             try:
                 study = optuna.load_study(study_name=name, storage=_storage(url))
             except KeyError:  # recorded by the service, not yet created in Optuna
-                return []
+                return None
             _loaded[(url, name)] = study
-    return study.get_trials(deepcopy=False)
+    return study
+
+
+def reevaluation(url: str, name: str) -> dict[str, Any] | None:
+    """The study's latest re-evaluation of its incumbent (`service.tuning.reevaluate`)."""
+    study = _study(url, name)
+    found = None if study is None else study.user_attrs.get(REEVALUATION)
+    return found if isinstance(found, dict) else None
 
 
 def find_trial(url: str, name: str, number: int) -> FrozenTrial:
@@ -153,6 +167,7 @@ def study_detail(url: str, name: str) -> dict[str, Any]:
         "direction": direction(record.spec.get("objective", "auc")),
         "updated": record.updated_at,
         "counts": {s: states.count(s) for s in sorted(set(states))},
+        "reevaluation": reevaluation(url, name),
         "params": {t.number: t.params for t in trials},
         "curves": {
             t.number: downsample(mean_curve(t.user_attrs.get("curves", []), CURVE_KEY))

@@ -199,7 +199,7 @@ class _Loop:
         trial.set_user_attr("weights", weights)
         trial.set_user_attr("knobs", knobs)
         self.in_flight[trial.number] = _InFlight(trial, weights, knobs)
-        run_key = _run_key(trial.params)
+        runs = run_key(trial.params)
         for k in range(self.spec.seeds):
             config = self.spec.train_config(weights, knobs, seed=self.spec.seed + k)
             self.queue.append(
@@ -214,12 +214,13 @@ class _Loop:
                     # Named by the parameters, not the trial: a retried trial (a new
                     # number, the same parameters) continues from the checkpoint.
                     "run_dir": str(
-                        self.home / "studies" / self.spec.name / "runs" / run_key / f"seed{k}"
+                        self.home / "studies" / self.spec.name / "runs" / runs / f"seed{k}"
                     ),
                     "heartbeat_s": self.timing.heartbeat,
                     "objective": self.spec.objective,
                     "target": self.spec.target,
                     "prune": self.spec.pruner != "none",
+                    "credit": k == 0,  # the trial keeps the first seed's samples
                 }
             )
 
@@ -338,7 +339,8 @@ def _retry_orphans(study: optuna.Study) -> None:
             retry(study, t)  # `t` as it was: the retry inherits no stop reason
 
 
-def _run_key(params: dict[str, Any]) -> str:
+def run_key(params: dict[str, Any]) -> str:
+    """The name of the run folders of a trial's parameters (a retry's too)."""
     blob = json.dumps({k: round(float(v), 12) for k, v in sorted(params.items())})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -61,6 +61,7 @@ def study_detail(url: str, name: str) -> dict[str, Any]:
         "best": _arm(by_number[report["best_trial"]]) if report["best_trial"] is not None else None,
         "sparse": _arm(report["sparse"]) if report["sparse"] else None,
         "control_arms": [_arm(t) for t in report["trials"] if t["label"]],
+        "reevaluation": report["reevaluation"],
     }
 
 
