@@ -22,6 +22,10 @@ from service.tuning.spec import StudySpec, parse_spec
 from service.tuning.study import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
+TINY_INNER_PRUNED = {
+    "eval_prompts": 8,
+    "ppo": {"rollout_batch": 8, "minibatch": 4, "epochs": 2, "lr": 0.03},
+}
 Spec = Callable[..., dict[str, Any]]
 
 
@@ -285,3 +289,30 @@ def test_status_json_reports_the_study(tmp_path: Path, make_spec: Spec) -> None:
     assert report["sparse"]["number"] == 0
     values = {t["number"]: t["value"] for t in report["trials"]}
     assert values[report["best_trial"]] == max(values.values())
+
+
+def test_the_median_pruner_stops_trials_behind_the_median_and_the_budget_still_completes(
+    tmp_path: Path, make_spec: Spec
+) -> None:
+    inner = {**TINY_INNER_PRUNED, "steps": 6, "eval_interval": 1}
+    spec = parse_spec(make_spec(budget=8, seeds=1, pruner="median", inner=inner, seed=1))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    _run(spec, url, tmp_path)
+
+    counted = Counter(t.state for t in trials(url, spec.name))
+    assert counted[TrialState.COMPLETE] == 8  # pruned trials do not count toward the budget
+    pruned = [t for t in trials(url, spec.name) if t.state == TrialState.PRUNED]
+    assert pruned, "no trial was pruned: the test no longer exercises the pruner"
+    complete = [t for t in trials(url, spec.name) if t.state == TrialState.COMPLETE]
+    for t in pruned:
+        last = max(t.intermediate_values)
+        assert last < 6  # stopped before the end
+        # MedianPruner: its best so far is below the median of finished trials at that step.
+        earlier = [
+            c.intermediate_values[last]
+            for c in complete
+            if c.number < t.number and last in c.intermediate_values
+        ]
+        best = max(t.intermediate_values.values())
+        assert len(earlier) >= 5 and best < statistics.median(earlier)
+        assert not t.user_attrs.get("sample_credits")  # cut short: nothing credited
