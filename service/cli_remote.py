@@ -95,6 +95,9 @@ def _print_study(study: dict[str, Any], trials: list[dict[str, Any]]) -> None:
         if s:
             line += f"; pure sparse = {_num(s['value'])} ± {_num(s['stderr'])}"
         console.print(line)
+    from service.cli_study import print_reevaluation
+
+    print_reevaluation(study.get("reevaluation"))
 
 
 def act(url: str, token: str | None, name: str, action: str) -> None:

@@ -138,7 +138,11 @@ def reevaluate(
 def _print_reevaluation(url: str, name: str) -> None:
     from service.tuning.report import reevaluation
 
-    found = reevaluation(url, name)
+    print_reevaluation(reevaluation(url, name))
+
+
+def print_reevaluation(found: dict[str, Any] | None) -> None:
+    """A study's re-evaluation on fresh seeds (`shapetune reevaluate`), if it has one."""
     if found is None:
         return
     table = Table(title=f"re-evaluated on fresh seeds {found['seeds']} ({found['objective']})")

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +132,41 @@ def pytest_configure(config: pytest.Config) -> None:
     # Heartbeats outside Study.optimize are what the coordinator needs; Optuna warns on each.
     config.addinivalue_line("filterwarnings", "ignore::optuna.exceptions.ExperimentalWarning")
     config.addinivalue_line("filterwarnings", "ignore:Heartbeat of storage is supposed to be used")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A port nothing listens on, on loopback."""
+    return _free_port
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serving() -> Callable[[Any], AbstractContextManager[str]]:
+    """`with serving(app) as base:` the ASGI app served by uvicorn on a free loopback port,
+    in a thread, at `base` (http://127.0.0.1:PORT)."""
+    return _serving

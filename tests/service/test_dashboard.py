@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+Serving = Callable[[FastAPI], AbstractContextManager[str]]
 SCREENSHOTS = os.environ.get("SHAPETUNE_SCREENSHOTS")
 """Folder for the browser test's screenshots (docs/screenshots to refresh the docs'); a
 temporary folder when unset."""
@@ -279,35 +278,9 @@ def test_a_forged_cookie_reads_nothing(finished: tuple[Settings, str]) -> None:
     assert client.get("/api/v1/studies").status_code == 401
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _serving(app: FastAPI) -> Iterator[str]:
-    """`app` served by uvicorn on a free loopback port, in a thread."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def served(finished: tuple[Settings, str]) -> Iterator[str]:
-    with _serving(_app(finished[0])) as base:
+def served(finished: tuple[Settings, str], serving: Serving) -> Iterator[str]:
+    with serving(_app(finished[0])) as base:
         yield base
 
 
@@ -359,7 +332,9 @@ def test_pages_render_in_headless_chromium(
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_browser_signs_in_where_reads_need_a_token(finished: tuple[Settings, str]) -> None:
+def test_a_browser_signs_in_where_reads_need_a_token(
+    finished: tuple[Settings, str], serving: Serving
+) -> None:
     from service.api.app import create_app
 
     sync_playwright = _browser_or_skip()
@@ -367,7 +342,7 @@ def test_a_browser_signs_in_where_reads_need_a_token(finished: tuple[Settings, s
     app = create_app(
         Settings(home=settings.home, storage=settings.storage, coordinator=False, read_token="r3ad")
     )
-    with _serving(app) as base, sync_playwright() as p:
+    with serving(app) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(f"{base}/studies/{finished[1]}/trials/3")
@@ -385,10 +360,10 @@ def test_a_browser_signs_in_where_reads_need_a_token(finished: tuple[Settings, s
 
 
 def test_dashboard_command_serves_optuna_dashboard_on_loopback(
-    finished: tuple[Settings, str],
+    finished: tuple[Settings, str], free_port: Callable[[], int]
 ) -> None:
     settings, name = finished
-    port = _free_port()
+    port = free_port()
     shapetune = Path(sys.executable).parent / "shapetune"
     command = [str(shapetune) if shapetune.exists() else shutil.which("shapetune") or "shapetune"]
     process = subprocess.Popen(

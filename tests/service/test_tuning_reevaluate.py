@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from service.api.app import create_app
 from service.api.schemas import StudyPublic
 from service.cli import app as cli_app
 from service.dashboard.routes import router
@@ -151,7 +153,10 @@ def test_bad_requests_are_refused(
         reevaluate(spec, url, home, InlineExecutor(), **kwargs)
 
 
-def test_the_cli_api_and_dashboard_show_it(finished: tuple[StudySpec, str, Path]) -> None:
+def test_the_cli_api_and_dashboard_show_it(
+    finished: tuple[StudySpec, str, Path],
+    serving: Callable[[FastAPI], AbstractContextManager[str]],
+) -> None:
     spec, url, home = finished
     where = ["--storage", url, "--home", str(home)]
     runner = CliRunner()
@@ -175,6 +180,11 @@ def test_the_cli_api_and_dashboard_show_it(finished: tuple[StudySpec, str, Path]
     page = TestClient(app).get(f"/studies/{spec.name}")
     assert page.status_code == 200 and 'id="reevaluation"' in page.text
     assert "incumbent − pure sparse, paired by seed" in page.text
+
+    with serving(create_app(Settings(home=home, storage=url, coordinator=False))) as base:
+        remote = runner.invoke(cli_app, ["status", spec.name, "--url", base])
+    assert remote.exit_code == 0, remote.output
+    assert "re-evaluated on fresh seeds [10005, 10006]" in remote.output
 
     missing = runner.invoke(cli_app, ["reevaluate", "nope", "--executor", "inline", *where])
     assert missing.exit_code != 0 and "no study named 'nope'" in missing.output
