@@ -182,7 +182,9 @@ def test_a_killed_worker_is_retried_and_the_trial_completes(
 ) -> None:
     from service.executor.ray_executor import RayExecutor
 
-    inner = {"steps": 8, "eval_interval": 4, "eval_prompts": 8, "checkpoint_interval": 2, "ppo": {"rollout_batch": 8, "minibatch": 4, "epochs": 1}}  # fmt: skip
+    # 24 steps after the first checkpoint at step 2: a window wide enough to hit even when
+    # other jobs load the machine and each poll below is slow.
+    inner = {"steps": 24, "eval_interval": 8, "eval_prompts": 8, "checkpoint_interval": 2, "ppo": {"rollout_batch": 8, "minibatch": 4, "epochs": 1}}  # fmt: skip
     spec = parse_spec(make_spec(budget=3, seeds=1, executor="ray", inner=inner, max_failures=1))
     storage = open_storage(storage_url)
     killed: dict[str, Any] = {}
@@ -203,7 +205,7 @@ def test_a_killed_worker_is_retried_and_the_trial_completes(
             os.kill(pids[0], signal.SIGKILL)
             return True
 
-        _wait_for("a Ray worker mid-run", a_worker_mid_trial, 120, poll_s=0.02)
+        _wait_for("a Ray worker mid-run", a_worker_mid_trial, 300, poll_s=0.02)
         _wait_for("the worker to die", lambda: not _alive(killed["pid"]), 10)
 
     progress: Progress = out["progress"]
