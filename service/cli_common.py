@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import re
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +32,21 @@ TokenOption = Annotated[
     str | None,
     typer.Option("--token", envvar="SHAPETUNE_TOKEN", help="The service's bearer token."),
 ]
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner", envvar="SHAPETUNE_OWNER", help="Who the study is for (default: user@host)."
+    ),
+]
+
+
+def default_owner() -> str:
+    """user@host, in the characters an owner may hold (`service.api` checks them)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password file
+        user = "unknown"
+    return re.sub(r"[^A-Za-z0-9._@+-]", "_", f"{user}@{socket.gethostname()}")[:128]
 
 
 def resolve_home(home: Path | None) -> Path:

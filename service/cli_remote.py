@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from service.cli_common import TokenOption, console, fail
+from service.cli_common import OwnerOption, TokenOption, console, default_owner, fail
 from service.cli_study import _num, _weights
 
 
@@ -18,6 +18,7 @@ def submit(
     spec_file: Annotated[Path, typer.Argument(help="Study spec, YAML or JSON.")],
     url: Annotated[str, typer.Option("--url", help="The service, e.g. http://127.0.0.1:8000.")],
     token: TokenOption = None,
+    owner: OwnerOption = None,
 ) -> None:
     """Queue a study on a running service; its coordinator runs it."""
     import yaml
@@ -34,7 +35,7 @@ def submit(
     # (its allowed folders and limits).
     try:
         with ServiceClient(url, token) as client:
-            study = client.submit(data)
+            study = client.submit(data, owner or default_owner())
     except RemoteError as e:
         raise fail(str(e)) from e
     console.print(
@@ -63,10 +64,12 @@ def status(url: str, token: str | None, name: str | None, as_json: bool) -> None
         typer.echo(json.dumps(rows, indent=2))
     else:
         table = Table(title=f"studies at {url}")
-        for column in ("name", "status", "trials", "message"):
+        for column in ("name", "status", "trials", "owner", "message"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r["name"], r["status"], f"{r['done']}/{r['budget']}", r["message"])
+            table.add_row(
+                r["name"], r["status"], f"{r['done']}/{r['budget']}", r["owner"], r["message"]
+            )
         console.print(table)
 
 

@@ -20,6 +20,7 @@ from service.cli_common import (
     TokenOption,
     UrlOption,
     console,
+    default_owner,
     fail,
     progress_bar,
     resolve_home,
@@ -220,7 +221,7 @@ def _drive(
             bar.console.log(p.last)
 
         try:
-            final = run_study(spec, url, home, runner, on_progress=show)
+            final = run_study(spec, url, home, runner, on_progress=show, owner=default_owner())
         except (StudyBusy, StoreError) as e:
             raise fail(str(e)) from e
         except KeyboardInterrupt:
@@ -321,7 +322,7 @@ def status(
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"studies in {url}")
-    for column in ("name", "status", "trials", "best", "sparse", "coordinator"):
+    for column in ("name", "status", "trials", "best", "sparse", "owner", "coordinator"):
         table.add_column(column)
     for r in rows:
         table.add_row(
@@ -330,6 +331,7 @@ def status(
             f"{r['done']}/{r['budget']}",
             _num(r["best"]),
             _num(r["sparse"]),
+            r["owner"],
             r["coordinator"],
         )
     console.print(table)

@@ -43,12 +43,16 @@ class ServiceClient:
             raise RemoteError(f"{self.url} answered {response.status_code}: {detail}{hint}")
         return response.json()
 
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/studies", json=spec)
+    def submit(self, spec: dict[str, Any], owner: str = "") -> dict[str, Any]:
+        headers = {"Shapetune-Owner": owner} if owner else {}
+        result: dict[str, Any] = self._call("POST", "/studies", json=spec, headers=headers)
         return result
 
-    def studies(self, status: str | None = None) -> Iterator[dict[str, Any]]:
-        yield from self._pages("/studies", {"status": status} if status else {})
+    def studies(
+        self, status: str | None = None, owner: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        params = {k: v for k, v in (("status", status), ("owner", owner)) if v is not None}
+        yield from self._pages("/studies", params)
 
     def study(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/studies/{quote(name, safe='')}")

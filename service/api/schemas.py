@@ -44,6 +44,8 @@ class _Public(BaseModel):
 class StudySummary(_Public):
     name: str
     status: Status
+    owner: str
+    """Who submitted it, as their client said (`shapetune submit --owner`); "" if unsaid."""
     message: str
     """Why the study failed or stopped, or what happens next."""
     budget: int
@@ -106,7 +108,6 @@ class Reevaluation(_Public):
 
 
 class StudyPublic(StudySummary):
-    owner: str
     spec: dict[str, Any]
     running: int
     failed: int

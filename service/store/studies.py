@@ -94,12 +94,19 @@ def list_studies(url: str, status: str | None = None) -> list[StudyModel]:
 
 
 def page_studies(
-    url: str, status: str | None = None, offset: int = 0, limit: int = 100
+    url: str,
+    status: str | None = None,
+    offset: int = 0,
+    limit: int = 100,
+    owner: str | None = None,
 ) -> tuple[list[StudyModel], int]:
-    """One page of studies, newest first, and how many there are in all."""
+    """One page of studies (of one status, of one owner), newest first, and how many there
+    are in all."""
     query = select(StudyModel)
     if status:
         query = query.where(StudyModel.status == status)
+    if owner is not None:
+        query = query.where(StudyModel.owner == owner)
     with session_scope(url) as s:
         count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
         page = s.scalars(

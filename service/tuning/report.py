@@ -133,6 +133,7 @@ def studies_overview(url: str) -> list[dict[str, Any]]:
             {
                 "name": record.name,
                 "status": record.status,
+                "owner": record.owner,
                 "done": report["done"],
                 "budget": report["budget"],
                 "best": best["value"] if best else None,
@@ -163,6 +164,7 @@ def study_detail(url: str, name: str) -> dict[str, Any]:
     states = [t.state.name for t in trials]
     return {
         **report,
+        "owner": record.owner,
         "spec": record.spec,
         "direction": direction(record.spec.get("objective", "auc")),
         "updated": record.updated_at,

@@ -86,12 +86,14 @@ def run_study(
     timing: Timing | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     holder: str | None = None,
+    owner: str = "",
 ) -> Progress:
-    """Create the study if it is new, or take it over, and drive it to its budget."""
+    """Create the study if it is new (for `owner`), or take it over, and drive it to its
+    budget."""
     timing = timing or Timing()
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
-        store.create_study(url, spec.name, spec.model_dump(mode="json"))
+        store.create_study(url, spec.name, spec.model_dump(mode="json"), owner)
     except store.StudyExists:
         if store.get_study(url, spec.name).spec != spec.model_dump(mode="json"):
             raise

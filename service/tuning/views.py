@@ -22,13 +22,16 @@ from service.tuning.report import (
 from service.tuning.spec import StudySpec
 
 
-def submit(url: str, spec: StudySpec) -> dict[str, Any]:
+def submit(url: str, spec: StudySpec, owner: str) -> dict[str, Any]:
     """Record a study as queued (the coordinator picks it up) and return its summary."""
-    return _summary(store.create_study(url, spec.name, spec.model_dump(mode="json")), done=0)
+    record = store.create_study(url, spec.name, spec.model_dump(mode="json"), owner)
+    return _summary(record, done=0)
 
 
-def study_page(url: str, status: str | None, offset: int, limit: int) -> dict[str, Any]:
-    records, count = store.page_studies(url, status, offset, limit)
+def study_page(
+    url: str, status: str | None, owner: str | None, offset: int, limit: int
+) -> dict[str, Any]:
+    records, count = store.page_studies(url, status, offset, limit, owner)
     done = store.completed_counts(url, [r.name for r in records])
     return {"data": [_summary(r, done[r.name]) for r in records], "count": count}
 
@@ -37,6 +40,7 @@ def _summary(record: StudyModel, done: int) -> dict[str, Any]:
     return {
         "name": record.name,
         "status": record.status,
+        "owner": record.owner,
         "message": record.message,
         "budget": record.spec["budget"],
         "done": done,
@@ -53,7 +57,6 @@ def study_detail(url: str, name: str) -> dict[str, Any]:
     lease = store.lease_holder(url, name)
     return {
         **_summary(record, report["done"]),
-        "owner": record.owner,
         "spec": record.spec,
         "running": states.count(TrialState.RUNNING.name),
         "failed": states.count(TrialState.FAIL.name),

@@ -355,7 +355,10 @@ def _terminal(client: httpx.Client, name: str) -> dict[str, Any] | None:
 
 def test_paging_and_filtering(idle_api: Api) -> None:
     with idle_api.client() as client:
-        names = [client.post("/studies", json=spec()).json()["name"] for _ in range(3)]
+        names = [
+            client.post("/studies", json=spec(), headers={"Shapetune-Owner": owner}).json()["name"]
+            for owner in ("ann@lab", "bob@lab", "ann@lab")
+        ]
         client.post(f"/studies/{names[0]}/cancel")
         page = client.get("/studies", params={"limit": 2}).json()
         assert len(page["data"]) == 2 and page["count"] >= 3
@@ -366,6 +369,12 @@ def test_paging_and_filtering(idle_api: Api) -> None:
         cancelled = client.get("/studies", params={"status": "cancelled"}).json()
         assert names[0] in [s["name"] for s in cancelled["data"]]
         assert all(s["status"] == "cancelled" for s in cancelled["data"])
+        anns = client.get("/studies", params={"owner": "ann@lab", "limit": 100}).json()
+        assert {s["name"] for s in anns["data"]} == {names[0], names[2]}
+        assert all(s["owner"] == "ann@lab" for s in anns["data"])
+        assert client.get(f"/studies/{names[1]}").json()["owner"] == "bob@lab"
+        bad = client.post("/studies", json=spec(), headers={"Shapetune-Owner": "eve; rm -rf"})
+        assert bad.status_code == 422 and "Shapetune-Owner" in bad.json()["detail"]
 
 
 def test_cancel_and_resume(idle_api: Api) -> None:
@@ -386,7 +395,7 @@ def test_submit_and_watch_through_the_cli(api: Api, tmp_path: Path) -> None:
     spec_file = tmp_path / "study.yaml"
     spec_file.write_text(json.dumps(body))  # JSON is YAML
     remote = ["--url", api.base, "--token", TOKEN]
-    submitted = runner.invoke(cli_app, ["submit", str(spec_file), *remote])
+    submitted = runner.invoke(cli_app, ["submit", str(spec_file), *remote, "--owner", "cli@lab"])
     assert submitted.exit_code == 0, submitted.output
     assert f"study {body['name']} queued" in submitted.output.replace("\n", " ")
 
@@ -444,8 +453,9 @@ def test_submit_and_watch_through_the_cli(api: Api, tmp_path: Path) -> None:
         assert Path(a["path"]).stat().st_size == a["bytes"] > 0
         assert a["host"] == socket.gethostname()
 
+    assert study["owner"] == "cli@lab"
     listed = runner.invoke(cli_app, ["status", *remote])
-    assert listed.exit_code == 0 and body["name"] in listed.output
+    assert listed.exit_code == 0 and body["name"] in listed.output and "cli@lab" in listed.output
     table = runner.invoke(cli_app, ["status", body["name"], *remote])
     assert "pure sparse" in table.output and "best: trial" in table.output
     again = runner.invoke(cli_app, ["resume", body["name"], *remote])

@@ -1,6 +1,8 @@
 import json
+import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -52,3 +54,16 @@ def test_tasks_list_and_synthetic(tmp_path: Path) -> None:
     assert shown.exit_code == 2 and "not KEY=VALUE" in shown.output
     shown = runner.invoke(app, ["tasks", "show", "synthetic", "-o", "response_length=4"])
     assert shown.exit_code == 0 and "response_length" in shown.output
+
+
+def test_the_default_owner_is_user_at_host_in_the_characters_the_api_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service import cli_common
+
+    monkeypatch.setattr(cli_common.getpass, "getuser", lambda: "Jane Doe/ü")
+    monkeypatch.setattr(cli_common.socket, "gethostname", lambda: "box-1.lab")
+    assert cli_common.default_owner() == "Jane_Doe__@box-1.lab"
+    monkeypatch.setattr(cli_common.socket, "gethostname", lambda: "h" * 300)
+    owner = cli_common.default_owner()
+    assert len(owner) == 128 and re.fullmatch(r"[A-Za-z0-9._@+-]{1,128}", owner)

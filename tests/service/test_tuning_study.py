@@ -51,7 +51,7 @@ def test_a_study_runs_to_its_budget_with_control_arms_first(
 ) -> None:
     spec = parse_spec(make_spec(budget=5, seeds=2, seed=3))
     seen: list[Progress] = []
-    final = _run(spec, storage_url, tmp_path, on_progress=seen.append)
+    final = _run(spec, storage_url, tmp_path, on_progress=seen.append, owner="carol@lab")
 
     all_trials = trials(storage_url, spec.name)
     assert [t.state for t in all_trials] == [TrialState.COMPLETE] * 5
@@ -59,6 +59,7 @@ def test_a_study_runs_to_its_budget_with_control_arms_first(
     assert [p.done for p in seen] == [1, 2, 3, 4, 5]
     record = store.get_study(storage_url, spec.name)
     assert record.status == "completed" and record.spec == spec.model_dump(mode="json")
+    assert record.owner == "carol@lab"
     assert store.lease_holder(storage_url, spec.name) is None  # released
 
     arms = [t.user_attrs.get("label") for t in all_trials]

@@ -1,6 +1,6 @@
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Header, Path, Query, status
 
 from service.api.deps import SpecDep, StorageDep, require_read, require_write
 from service.api.schemas import (
@@ -18,6 +18,12 @@ from service.api.schemas import (
 from service.store import studies as store
 from service.tuning import views
 from service.tuning.spec import NAME_PATTERN
+
+OWNER_PATTERN = r"^[A-Za-z0-9._@+-]{1,128}$"
+Owner = Annotated[
+    str | None,
+    Query(pattern=OWNER_PATTERN, description="Only studies this owner submitted."),
+]
 
 MAX_PAGE = 100
 MAX_OFFSET = 10**9  # beyond any real study; keeps the number inside every database's integers
@@ -59,11 +65,22 @@ STUDY_CREATE_BODY = {
         422: {"model": SpecRejected, "description": "The spec is refused; every problem named."},
     },
 )
-def create_study(spec: SpecDep, url: StorageDep) -> StudySummary:
+def create_study(
+    spec: SpecDep,
+    url: StorageDep,
+    owner: Annotated[
+        str,
+        Header(
+            alias="Shapetune-Owner",
+            pattern=OWNER_PATTERN,
+            description="Who submits it (user@host, say); tokens are shared, names are not.",
+        ),
+    ] = "",
+) -> StudySummary:
     """Queue a study. The body is a study spec (the schema `shapetune schema` prints); model
     directories and prompt files must lie under the server's allowed folders, sizes within
     its limits, and `storage` is the server's own."""
-    return StudySummary.model_validate(views.submit(url, spec))
+    return StudySummary.model_validate(views.submit(url, spec, owner))
 
 
 @router.get("", dependencies=[Depends(require_read)])
@@ -72,9 +89,10 @@ def list_studies(
     offset: Offset = 0,
     limit: Limit = 20,
     status: Annotated[Status | None, Query(description="Only studies in this status.")] = None,
+    owner: Owner = None,
 ) -> StudiesPublic:
     """Studies, newest first, a page at a time."""
-    return StudiesPublic.model_validate(views.study_page(url, status, offset, limit))
+    return StudiesPublic.model_validate(views.study_page(url, status, owner, offset, limit))
 
 
 @router.get("/{name}", dependencies=[Depends(require_read)], responses=NOT_FOUND)
