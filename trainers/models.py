@@ -195,6 +195,18 @@ def _backbone(model: PreTrainedModel) -> PreTrainedModel:
     return base
 
 
+def resolve_device(name: str) -> torch.device:
+    """`TrainConfig.device` as a torch device: "auto" is CUDA where there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} but MPS is not available here; use 'cpu' or 'auto'")
+    return device
+
+
 class DeviceRewardModel:
     """The task's reward model, moved to `device`: the scorer builds its rows on the CPU
     and this hands them to the model where it lives."""

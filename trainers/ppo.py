@@ -47,6 +47,7 @@ from trainers.models import (
     disable_dropout,
     generation_config,
     make_value_model,
+    resolve_device,
     response_logits,
     sample,
 )
@@ -453,7 +454,7 @@ def build_run(config: TrainConfig, task: Task) -> Run:
     """Load the policy, a frozen reference copy, the value model and the reward model."""
     if task.name != config.task.name:
         raise ConfigError(f"task.name={config.task.name!r} but the task given is {task.name!r}")
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     policy, ref_policy = task.load_policy(), task.load_policy()  # fresh copies: the start
@@ -618,14 +619,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name!r} but MPS is not available here; use 'cpu' or 'auto'")
-    return device

@@ -32,6 +32,7 @@ def credit_samples(
     the per-token reward the trial trained with, before the KL penalty).
     """
     from shaping.explain import explain
+    from trainers.models import DeviceRewardModel, resolve_device
 
     if not samples:
         return [], "the inner run recorded no sample responses"
@@ -42,7 +43,8 @@ def credit_samples(
             options.setdefault(method, {}).setdefault("seed", config.seed)
     out = []
     try:
-        rm = task.load_reward_model()
+        # Where the run scored: a reward model too large for the CPU stays off it.
+        rm = DeviceRewardModel(task.load_reward_model(), resolve_device(config.device))
         prompts = task.prompts("eval")
         for prompt_ids, sample in zip(prompts, samples, strict=False):
             prompt, response = _split(task, prompt_ids, sample)
