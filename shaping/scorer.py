@@ -57,6 +57,10 @@ class RewardScorer:
         self.rm = rm
         self.rows_per_forward = rows_per_forward
         self.stats = ScorerStats()
+        self.keep_prefixes = False
+        """Score responses with a prefix pass and keep every prefix score for
+        `prefix_values` (RED sets it): one RM row per response serves both. Causal RMs only."""
+        self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
         self._pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
         self.policy_tokenizer = (
             None
@@ -85,7 +89,14 @@ class RewardScorer:
             ]
             rows = self.rm.tokenizer(texts, add_special_tokens=True)["input_ids"]
         self.stats.requested_rows += len(rows)
-        return torch.stack(self.score_rows(rows))
+        self._prefixes.clear()  # the previous batch's: of no use from here on
+        if not (self.keep_prefixes and self.rm.causal):
+            return torch.stack(self.score_rows(rows))
+        # The same forward pass as a plain score (a causal RM scores at the last token):
+        # R is the last prefix score, and the others wait for `prefix_values`.
+        per_row = self.score_rows(rows, prefixes=True)
+        self._prefixes.update((tuple(r), v) for r, v in zip(rows, per_row, strict=True))
+        return torch.stack([v[-1] for v in per_row])
 
     @torch.no_grad()
     def score_rows(
@@ -217,8 +228,11 @@ class RewardScorer:
         if self.rm.causal:
             rows = [batch.prompt(i) + batch.response(i) for i in range(batch.size)]
             self.stats.requested_rows += len(rows)
-            per_row = self.score_rows(rows, prefixes=True)
-            return [per_row[i][len(batch.prompt(i)) - 1 :] for i in range(batch.size)]
+            known = dict(self._prefixes)  # kept by `score_responses`: no second pass
+            missing = [r for r in rows if tuple(r) not in known]
+            scored = self.score_rows(missing, prefixes=True)
+            known.update((tuple(r), v) for r, v in zip(missing, scored, strict=True))
+            return [known[tuple(rows[i])][len(batch.prompt(i)) - 1 :] for i in range(batch.size)]
         rows, spans = [], []
         for i in range(batch.size):
             prompt, response = batch.prompt(i), batch.response(i)

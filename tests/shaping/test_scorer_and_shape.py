@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from shaping.attribution import make_attributor
 from shaping.batch import BatchError, RolloutBatch
 from shaping.scorer import RewardScorer
 from shaping.shape import check_weights, shape_rewards
@@ -31,6 +32,28 @@ def test_rows_are_packed_into_forwards(rm) -> None:
     assert scorer.stats.forwards == 3 and scorer.stats.rows == 10
     one_by_one = [RewardScorer(rm, rows_per_forward=1).score_rows([r])[0] for r in rows]
     torch.testing.assert_close(torch.stack(scores), torch.stack(one_by_one))
+
+
+def test_red_reads_its_prefixes_from_the_scoring_pass(rm, batch: RolloutBatch) -> None:
+    """The scoring pass of a causal RM keeps every prefix score when RED will want them:
+    one row per response serves R and RED, with the same numbers as two passes."""
+    prompts = [batch.prompt(i) for i in range(batch.size)]
+    responses = [batch.response(i) for i in range(batch.size)]
+    shared = RewardScorer(rm)
+    red = make_attributor("red", shared)
+    scores = shared.score_responses(prompts, responses)
+    credits = red.attribute(batch)
+    assert shared.stats.rows == batch.size and shared.stats.forwards == 1
+
+    plain = RewardScorer(rm)
+    torch.testing.assert_close(scores, plain.score_responses(prompts, responses))
+    torch.testing.assert_close(credits, make_attributor("red", RewardScorer(rm)).attribute(batch))
+    assert plain.stats.rows == batch.size  # without RED nothing is kept
+
+    # The next batch's scoring pass drops this batch's prefixes: RED then scores its own.
+    shared.score_responses(prompts[:1], responses[:1])
+    red.attribute(batch)
+    assert shared.stats.rows == batch.size + 1 + (batch.size - 1)
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,8 @@ def test_smoke_run_changes_weights_and_reports_finite_metrics(tmp_path: Path) ->
     step = reports[2][1]
     assert {"losses/policy", "losses/value", "policy/approxkl", "shaping/offset_mean"} <= set(step)
     assert step["cost/responses"] == 16  # totals over the run so far
-    assert step["cost/rm_rows_per_response"] == pytest.approx(2.0)  # R, and RED's prefix pass
+    # One row per response: R and RED's prefix scores come from the same pass.
+    assert step["cost/rm_rows_per_response"] == pytest.approx(1.0)
     assert {"rollout", "logprobs", "score", "shape", "update", "evaluate"} <= set(
         result.phase_seconds
     )
@@ -162,7 +163,7 @@ def test_imdb_tiny_run_with_the_reward_model_critic(
     assert 0 < result.final["eval/length"] <= 8
     first = task.tokenizer.decode(task.prompts("eval")[0], skip_special_tokens=True)
     assert result.samples[2][0].startswith(first)
-    assert result.costs["cost/rm_rows_per_response"] == pytest.approx(2.0)
+    assert result.costs["cost/rm_rows_per_response"] == pytest.approx(1.0)
 
 
 def test_resume_after_a_stop_equals_the_uninterrupted_run(tmp_path: Path) -> None:
@@ -212,7 +213,8 @@ class NaNAfterFlag:
         return scores * float("nan") if self.poisoned else scores
 
     def prefix_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.rm.prefix_scores(ids, mask)
+        scores = self.rm.prefix_scores(ids, mask)
+        return scores * float("nan") if self.poisoned else scores
 
     def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rm.attentions(ids, mask)
