@@ -569,18 +569,20 @@ def test_a_killed_service_resumes_its_study_on_restart(tmp_path: Path) -> None:
         "SHAPETUNE_LEASE_S": "3",
         "SHAPETUNE_POLL_S": "0.2",
     }
-    body = spec(budget=6)
+    # Runs of 24 steps (a few seconds each): the kill below lands inside one, not in the
+    # instant between one trial's end and the next one's start.
+    body = spec(budget=6, inner={**TINY_INNER, "steps": 24, "eval_interval": 8})
     (tmp_path / "study.json").write_text(json.dumps(body))
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with serve_process(env, tmp_path / "serve.log") as (first, base):
         submitted = shapetune("submit", str(tmp_path / "study.json"), "--url", base, env=env)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
-        def done() -> bool:
-            study = httpx.get(f"{base}/api/v1/studies/{body['name']}", headers=headers)
-            return int(study.json()["done"]) >= 2
+        def mid_trial() -> bool:
+            study = httpx.get(f"{base}/api/v1/studies/{body['name']}", headers=headers).json()
+            return int(study["done"]) >= 2 and int(study["running"]) == 1
 
-        wait_for(done, timeout_s=120)
+        wait_for(mid_trial, timeout_s=120)
         first.kill()  # SIGKILL: no handler runs, the lease stays until it lapses
         first.wait(30)
     assert get_study(url, body["name"]).status == "running"
