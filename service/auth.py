@@ -18,6 +18,9 @@ from pydantic import SecretStr
 from service.settings import Settings
 
 Role = Literal["write", "read"]
+OWNER_CHARS = "A-Za-z0-9._@+-"
+OWNER_PATTERN = rf"^[{OWNER_CHARS}]{{1,128}}$"
+"""Who a study is for, as the client names it (tokens are shared, names are not)."""
 SESSION_COOKIE = "shapetune_session"
 _SESSION_CONTEXT = b"shapetune dashboard session v1"
 

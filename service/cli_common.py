@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from service.auth import OWNER_CHARS
 from service.settings import get_settings
 
 console = Console()
@@ -41,12 +42,12 @@ OwnerOption = Annotated[
 
 
 def default_owner() -> str:
-    """user@host, in the characters an owner may hold (`service.api` checks them)."""
+    """user@host, in the characters an owner may hold (`service.auth.OWNER_PATTERN`)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no user name in the environment or the password file
         user = "unknown"
-    return re.sub(r"[^A-Za-z0-9._@+-]", "_", f"{user}@{socket.gethostname()}")[:128]
+    return re.sub(rf"[^{OWNER_CHARS}]", "_", f"{user}@{socket.gethostname()}")[:128]
 
 
 def resolve_home(home: Path | None) -> Path:

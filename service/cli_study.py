@@ -105,7 +105,6 @@ def reevaluate(
     """Re-run the incumbent (best mean over seeds) and the pure-sparse control on fresh
     seeds: an estimate of both, and of their paired difference, free of the luck that
     picked the incumbent. Kept with the study; `status NAME` shows it."""
-    from service.executor import make_executor
     from service.store.studies import StoreError, get_study
     from service.tuning.reevaluate import ReevaluationError
     from service.tuning.reevaluate import reevaluate as run_reevaluation
@@ -116,13 +115,7 @@ def reevaluate(
     url = _url(storage, home_dir)
     try:
         spec = parse_spec(get_study(url, name).spec)
-        runner = make_executor(
-            executor or spec.executor,
-            cpus=spec.resources.cpus,
-            gpus=spec.resources.gpus,
-            workers=spec.resources.workers,
-            ray_address=ray_address,
-        )
+        runner = _executor(spec, executor, ray_address)
         with progress_bar() as bar:
             job = bar.add_task("re-evaluation runs", total=2 * seeds)
 
@@ -165,6 +158,19 @@ def print_reevaluation(found: dict[str, Any] | None) -> None:
         )
 
 
+def _executor(spec: Any, name: str | None, ray_address: str | None) -> Any:
+    """The spec's executor (or `name`), sized by its resources."""
+    from service.executor import make_executor
+
+    return make_executor(
+        name or spec.executor,
+        cpus=spec.resources.cpus,
+        gpus=spec.resources.gpus,
+        workers=spec.resources.workers,
+        ray_address=ray_address,
+    )
+
+
 def _url(storage: str | None, home: Path) -> str:
     from service.store.db import default_url
 
@@ -179,7 +185,6 @@ def _drive(
     home: Path,
     new: bool,
 ) -> None:
-    from service.executor import make_executor
     from service.store.studies import StoreError, StudyExists, get_study
     from service.tuning.study import StudyBusy, run_study
     from trainers.tasks import TaskError, make_task
@@ -197,13 +202,7 @@ def _drive(
             )
         if existing is not None:
             console.print(f"study {spec.name!r} exists with this spec: continuing it")
-        runner = make_executor(
-            executor or spec.executor,
-            cpus=spec.resources.cpus,
-            gpus=spec.resources.gpus,
-            workers=spec.resources.workers,
-            ray_address=ray_address,
-        )
+        runner = _executor(spec, executor, ray_address)
     except (StoreError, TaskError, ValueError, RuntimeError) as e:
         raise fail(str(e)) from e
     console.print(

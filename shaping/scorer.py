@@ -57,10 +57,9 @@ class RewardScorer:
         self.rm = rm
         self.rows_per_forward = rows_per_forward
         self.stats = ScorerStats()
-        self.keep_prefixes = False
-        """Score responses with a prefix pass and keep every prefix score for
-        `prefix_values` (RED sets it): one RM row per response serves both. Causal RMs only."""
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
+        """Every prefix score of the rows `score_responses` scored last (causal RMs), for
+        `prefix_values`: one RM row per response serves R and RED."""
         self._pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
         self.policy_tokenizer = (
             None
@@ -90,7 +89,7 @@ class RewardScorer:
             rows = self.rm.tokenizer(texts, add_special_tokens=True)["input_ids"]
         self.stats.requested_rows += len(rows)
         self._prefixes.clear()  # the previous batch's: of no use from here on
-        if not (self.keep_prefixes and self.rm.causal):
+        if not self.rm.causal:
             return torch.stack(self.score_rows(rows))
         # The same forward pass as a plain score (a causal RM scores at the last token):
         # R is the last prefix score, and the others wait for `prefix_values`.

@@ -13,7 +13,6 @@ and a repeated one reuses finished runs. The result is kept in the study's attri
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,11 +24,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
 from service.tuning.inner import run_inner
-from service.tuning.objective import direction
 from service.tuning.report import REEVALUATION
 from service.tuning.spec import StudySpec
 from service.tuning.storage import open_storage
-from service.tuning.study import run_key
+from service.tuning.study import incumbent, run_key, sparse_arm, stderr
 
 FRESH_SEEDS = 10_000
 """Fresh seeds start this far past the study's seed; a study runs far fewer seeds."""
@@ -89,12 +87,10 @@ def reevaluate(
 
 def _arms(study: optuna.Study, spec: StudySpec, number: int | None) -> list[FrozenTrial]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    chosen: FrozenTrial | None
     if number is None:
-        if not complete:
+        chosen = incumbent(complete, spec.objective)
+        if chosen is None:
             raise ReevaluationError(f"study {spec.name!r} has no completed trial to re-evaluate")
-        pick = min if direction(spec.objective) == "minimize" else max
-        chosen = pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
     else:
         chosen = next((t for t in complete if t.number == number), None)
         if chosen is None:
@@ -102,7 +98,7 @@ def _arms(study: optuna.Study, spec: StudySpec, number: int | None) -> list[Froz
                 f"study {spec.name!r} has no completed trial {number} "
                 f"(`shapetune status {spec.name}` lists them)"
             )
-    sparse = next((t for t in complete if t.user_attrs.get("label") == "pure sparse"), None)
+    sparse = sparse_arm(complete)
     return [chosen] if sparse is None or sparse.number == chosen.number else [chosen, sparse]
 
 
@@ -153,7 +149,4 @@ def _run(
 
 
 def _mean(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "stderr": statistics.stdev(values) / math.sqrt(len(values)),
-    }
+    return {"mean": statistics.fmean(values), "stderr": stderr(values)}

@@ -18,13 +18,13 @@ import socket
 import statistics
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
 from service.store import studies as store
@@ -259,7 +259,7 @@ class _Loop:
             return
         values = [float(r["value"]) for r in seeds]
         trial.set_user_attr("seed_values", values)
-        trial.set_user_attr("stderr", _stderr(values))
+        trial.set_user_attr("stderr", stderr(values))
         trial.set_user_attr("curves", [r["curve"] for r in seeds])
         trial.set_user_attr(
             "final",
@@ -282,9 +282,7 @@ class _Loop:
             self.failures += 1
             return
         self.study.tell(trial, statistics.fmean(values))
-        self._report(
-            f"trial {trial.number}: {statistics.fmean(values):.4f} ± {_stderr(values):.4f}"
-        )
+        self._report(f"trial {trial.number}: {statistics.fmean(values):.4f} ± {stderr(values):.4f}")
 
     def _report(self, last: str) -> None:
         if self.on_progress:
@@ -347,7 +345,8 @@ def run_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _stderr(values: list[float]) -> float:
+def stderr(values: list[float]) -> float:
+    """The standard error of the mean of `values`; NaN for fewer than 2 or a non-finite one."""
     if len(values) < 2 or not all(math.isfinite(v) for v in values):  # stdev raises on NaN
         return float("nan")
     return statistics.stdev(values) / math.sqrt(len(values))
@@ -358,20 +357,30 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(r[k] for r in rows) for k in sorted(keys)}
 
 
+def incumbent(complete: Sequence[FrozenTrial], objective: str) -> FrozenTrial | None:
+    """The completed trial with the best mean over its seeds."""
+    if not complete:
+        return None
+    pick = min if direction(objective) == "minimize" else max
+    return pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
+
+
+def sparse_arm(complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The pure-sparse control arm, the baseline."""
+    return next((t for t in complete if t.user_attrs.get("label") == "pure sparse"), None)
+
+
 def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str = "") -> Progress:
     """Trials done of the budget, the incumbent (best mean over seeds) and the sparse arm."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = None
-    if complete:
-        pick = min if direction(spec.objective) == "minimize" else max
-        best = pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
-    sparse = next((t.value for t in complete if t.user_attrs.get("label") == "pure sparse"), None)
+    best = incumbent(complete, spec.objective)
+    sparse = sparse_arm(complete)
     return Progress(
         done=len(complete),
         budget=spec.budget,
         running=running,
         best=None if best is None else best.value,
         best_weights=None if best is None else best.user_attrs.get("weights"),
-        sparse=sparse,
+        sparse=None if sparse is None else sparse.value,
         last=last,
     )

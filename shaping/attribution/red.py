@@ -22,9 +22,6 @@ class RedAttributor(Attributor):
     def __init__(self, scorer: RewardScorer, keep_offset: bool = False) -> None:
         super().__init__(scorer)
         self.keep_offset = keep_offset
-        # The scoring pass of the same responses reads every prefix too, so RED needs no
-        # forward of its own (with a causal RM).
-        scorer.keep_prefixes = True
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
         credits = torch.zeros(batch.response_ids.shape)

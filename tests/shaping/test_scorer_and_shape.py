@@ -35,8 +35,8 @@ def test_rows_are_packed_into_forwards(rm) -> None:
 
 
 def test_red_reads_its_prefixes_from_the_scoring_pass(rm, batch: RolloutBatch) -> None:
-    """The scoring pass of a causal RM keeps every prefix score when RED will want them:
-    one row per response serves R and RED, with the same numbers as two passes."""
+    """The scoring pass of a causal RM keeps every prefix score for RED: one row per
+    response serves R and RED, with the same numbers as two passes."""
     prompts = [batch.prompt(i) for i in range(batch.size)]
     responses = [batch.response(i) for i in range(batch.size)]
     shared = RewardScorer(rm)
@@ -48,7 +48,7 @@ def test_red_reads_its_prefixes_from_the_scoring_pass(rm, batch: RolloutBatch) -
     plain = RewardScorer(rm)
     torch.testing.assert_close(scores, plain.score_responses(prompts, responses))
     torch.testing.assert_close(credits, make_attributor("red", RewardScorer(rm)).attribute(batch))
-    assert plain.stats.rows == batch.size  # without RED nothing is kept
+    assert plain.stats.rows == batch.size  # scoring costs the same with or without RED
 
     # The next batch's scoring pass drops this batch's prefixes: RED then scores its own.
     shared.score_responses(prompts[:1], responses[:1])

@@ -15,11 +15,11 @@ from service.api.schemas import (
     TrialPublic,
     TrialsPublic,
 )
+from service.auth import OWNER_PATTERN
 from service.store import studies as store
 from service.tuning import views
 from service.tuning.spec import NAME_PATTERN
 
-OWNER_PATTERN = r"^[A-Za-z0-9._@+-]{1,128}$"
 Owner = Annotated[
     str | None,
     Query(pattern=OWNER_PATTERN, description="Only studies this owner submitted."),
