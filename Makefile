@@ -4,14 +4,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build first: an unpinned torch pulls gigabytes of CUDA packages.
 TORCH  ?= torch==2.13.0
+# Every other package at the version the tests passed with (`make lock` refreshes it).
+LOCK   := constraints.txt
 
-.PHONY: setup demo test lint bench-prepare clean
+.PHONY: setup demo test lint lock bench-prepare clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c $(LOCK) --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,postgres]'
 	@# The dashboard's browser test drives Debian's Chromium (never a downloaded browser).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium not installed: the dashboard browser test skips (fails under CI)"
@@ -34,6 +36,19 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# Refresh the lock on purpose: the newest releases pyproject's ranges admit, in a throwaway
+# venv, frozen into $(LOCK). Then run `make test` and commit the lock with what it changed.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet $(TORCH)
+	.lock-venv/bin/pip install --quiet -e '.[dev,postgres]'
+	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/pip freeze --all --exclude-editable \
+		| grep -v -i '^torch==' | sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

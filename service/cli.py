@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from service import cli_dashboard as dashboard_commands
@@ -20,6 +21,7 @@ from service.cli_common import setup_logging as _setup_logging
 
 if TYPE_CHECKING:
     from trainers.ppo import TrainResult
+    from trainers.tasks.imdb.prepare import OnProgress
 
 app = typer.Typer(
     help="Tune dense reward shaping for RLHF.", no_args_is_help=True, add_completion=False
@@ -41,18 +43,22 @@ def prepare(
     home: HomeOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress log.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Build the built-in imdb-sentiment task (tokenizer, policy, reward model) and cache it."""
     from trainers.tasks.imdb.config import PrepareConfig
     from trainers.tasks.imdb.prepare import prepare as run_prepare
 
-    _setup_logging(verbose=not quiet)
+    _setup_logging(verbose=False)
     try:
         config = PrepareConfig(size=size, seed=seed)
     except ValueError as e:
         raise _fail(str(e)) from e
-    result = run_prepare(_home(home), config, force=force)
+    if quiet or as_json:  # --json: nothing but the JSON on stdout
+        result = run_prepare(_home(home), config, force=force)
+    else:
+        with progress_bar() as bar:
+            result = run_prepare(_home(home), config, force=force, on_progress=_stage_rows(bar))
     summary: dict[str, Any] = {
         "root": str(result.root),
         "seconds": round(result.seconds, 2),
@@ -77,6 +83,20 @@ def prepare(
     console.print(table)
     _print_report(result.report)
     console.print(f"total {result.seconds:.1f} s, cache {summary['cache_bytes'] / 2**20:.1f} MiB")
+
+
+def _stage_rows(bar: Progress) -> OnProgress:
+    """One row of `bar` per stage of `prepare`, added when the stage is first reported."""
+    rows: dict[str, TaskID] = {}
+
+    def show(stage: str, done: int, total: int, *, cached: bool = False) -> None:
+        if stage not in rows:
+            if not cached:  # a build has loaded transformers, whose own bars would break ours
+                _quiet_transformers()
+            rows[stage] = bar.add_task(f"{stage} (cached)" if cached else stage, total=total)
+        bar.update(rows[stage], completed=done, total=total)
+
+    return show
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -293,7 +313,7 @@ def train(
 
     from service.curves import learning_curve_png
     from trainers.config import PPOConfig, ShapingConfig, TaskConfig, TrainConfig
-    from trainers.ppo import Hooks, TrainingError
+    from trainers.ppo import Hooks, TrainingError, check_config
     from trainers.ppo import train as run_train
     from trainers.tasks import TaskError, make_task
 
@@ -318,6 +338,7 @@ def train(
             torch_threads=threads,
         )
         task = make_task(task_name, _home(home), **task_options)
+        check_config(config, task)  # device and lengths, before the run folder is made
     except TypeError as e:  # an unknown --ppo key
         raise _fail(f"--ppo: {e}; see `shapetune train --help`") from e
     except (TaskError, ValueError) as e:
@@ -406,5 +427,27 @@ study_commands.register(app)
 serve_commands.register(app)
 dashboard_commands.register(app)
 
+
+def main() -> None:
+    """The `shapetune` entry point. Bad input exits 2 with a message where it is found; an
+    error that escapes every command is a bug, and the user gets one line and the file
+    that holds its traceback, not the traceback."""
+    try:
+        app(standalone_mode=True)
+    except Exception as e:  # the last resort: see above
+        import tempfile
+        import traceback
+
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="shapetune-crash-", suffix=".log", delete=False
+        ) as log:
+            traceback.print_exc(file=log)
+        console.print(
+            f"[red]internal error:[/red] {type(e).__name__}: {str(e)[:300]}\n"
+            f"This is a bug in shapetune; the traceback is in {log.name} (please report it)."
+        )
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

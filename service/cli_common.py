@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from service.auth import OWNER_CHARS
 from service.settings import get_settings
@@ -68,11 +74,13 @@ def setup_logging(verbose: bool) -> None:
 
 
 def progress_bar() -> Progress:
-    """A bar with a description, done/total and time left: PPO steps, study trials."""
+    """A bar with a description, done/total, time spent and time left: PPO steps, study
+    trials, the stages of `prepare`."""
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
     )

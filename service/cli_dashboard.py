@@ -29,10 +29,11 @@ def dashboard(
     """Launch optuna-dashboard on the study database, on loopback, until Ctrl+C."""
     from optuna_dashboard import run_server
 
-    from service.store.db import StoreError, default_url
+    from service.cli_study import existing_url
+    from service.store.db import StoreError
     from service.tuning.storage import open_storage
 
-    url = storage or default_url(resolve_home(home))
+    url = existing_url(storage, resolve_home(home))
     try:
         rdb = open_storage(url)
     except (StoreError, ValueError) as e:

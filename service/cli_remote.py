@@ -12,6 +12,7 @@ from rich.table import Table
 
 from service.cli_common import OwnerOption, TokenOption, console, default_owner, fail
 from service.cli_study import _num, _weights
+from service.redaction import safe_url
 
 
 def submit(
@@ -39,8 +40,8 @@ def submit(
     except RemoteError as e:
         raise fail(str(e)) from e
     console.print(
-        f"study [bold]{study['name']}[/bold] {study['status']} at {url}: "
-        f"`shapetune status {study['name']} --url {url}` follows it"
+        f"study [bold]{study['name']}[/bold] {study['status']} at {safe_url(url)}: "
+        f"`shapetune status {study['name']} --url {safe_url(url)}` follows it"
     )
 
 
@@ -63,7 +64,7 @@ def status(url: str, token: str | None, name: str | None, as_json: bool) -> None
     elif as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        table = Table(title=f"studies at {url}")
+        table = Table(title=f"studies at {safe_url(url)}")
         for column in ("name", "status", "trials", "owner", "message"):
             table.add_column(column)
         for r in rows:

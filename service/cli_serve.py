@@ -52,8 +52,9 @@ def serve(
     from pydantic import ValidationError
 
     from service.api.app import create_app
+    from service.redaction import safe_url
     from service.settings import get_settings
-    from service.store.db import safe_url
+    from service.store.db import StoreError, check_url
 
     given: dict[str, Any] = {
         "host": host,
@@ -68,10 +69,14 @@ def serve(
         settings = get_settings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err['input']!r})"
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {_shown(err)})"
             for err in e.errors()
         )
         raise fail(f"settings: {problems}") from e
+    try:
+        check_url(settings.storage_url())
+    except StoreError as e:
+        raise fail(str(e)) from e
     if settings.token is None and not settings.loopback_only():
         raise fail(
             f"refusing to serve on {settings.host} without a token: anyone who can reach it "
@@ -91,3 +96,15 @@ def serve(
         + ("" if settings.token else ", no token (loopback only)")
     )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _shown(error: Any) -> str:
+    """A refused setting's value as an error may show it: never a token, never a password."""
+    from service.redaction import safe_url
+    from service.tuning.specfile import shorten
+
+    field = ".".join(map(str, error["loc"]))
+    if "token" in field:
+        return "a value, not shown"
+    value = error["input"]
+    return shorten(safe_url(value) if isinstance(value, str) else value)

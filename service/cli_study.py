@@ -79,16 +79,9 @@ def resume(
         from service.cli_remote import act
 
         return act(url, token, name, "resume")
-    from service.store.studies import StoreError, get_study
-    from service.tuning.spec import parse_spec
-
     home_dir = resolve_home(home)
-    url = _url(storage, home_dir)
-    try:
-        spec = parse_spec(get_study(url, name).spec)
-    except StoreError as e:
-        raise fail(str(e)) from e
-    _drive(spec, url, executor, ray_address, home_dir, new=False)
+    database = existing_url(storage, home_dir)
+    _drive(_stored_spec(database, name), database, executor, ray_address, home_dir, new=False)
 
 
 def reevaluate(
@@ -105,17 +98,22 @@ def reevaluate(
     """Re-run the incumbent (best mean over seeds) and the pure-sparse control on fresh
     seeds: an estimate of both, and of their paired difference, free of the luck that
     picked the incumbent. Kept with the study; `status NAME` shows it."""
-    from service.store.studies import StoreError, get_study
+    from service.store.studies import StoreError
+    from service.tuning.admission import admit_executor, check_runnable
     from service.tuning.reevaluate import ReevaluationError
     from service.tuning.reevaluate import reevaluate as run_reevaluation
-    from service.tuning.spec import parse_spec
+    from service.tuning.spec import SpecError
 
     setup_logging(verbose=False)
     home_dir = resolve_home(home)
-    url = _url(storage, home_dir)
+    database = existing_url(storage, home_dir)
+    spec = _stored_spec(database, name)
     try:
-        spec = parse_spec(get_study(url, name).spec)
-        runner = _executor(spec, executor, ray_address)
+        check_runnable(spec, home_dir)
+        runner = admit_executor(spec, executor, ray_address)
+    except SpecError as e:
+        raise fail(str(e)) from e
+    try:
         with progress_bar() as bar:
             job = bar.add_task("re-evaluation runs", total=2 * seeds)
 
@@ -123,10 +121,23 @@ def reevaluate(
                 bar.advance(job)
                 bar.console.log(line)
 
-            run_reevaluation(spec, url, home_dir, runner, seeds, trial, on_run=show)
-    except (StoreError, ReevaluationError, ValueError, RuntimeError) as e:
+            run_reevaluation(spec, database, home_dir, runner, seeds, trial, on_run=show)
+    except (StoreError, ReevaluationError) as e:
         raise fail(str(e)) from e
-    _print_reevaluation(url, name)
+    _print_reevaluation(database, name)
+
+
+def _stored_spec(database: str, name: str) -> Any:
+    """A study's spec as its store keeps it, checked again (it may be from another version)."""
+    from service.store.studies import StoreError, get_study
+    from service.tuning.spec import SpecError, parse_spec
+
+    try:
+        return parse_spec(get_study(database, name).spec)
+    except StoreError as e:
+        raise fail(str(e)) from e
+    except SpecError as e:
+        raise fail(f"study {name!r} cannot run as stored: {e}") from e
 
 
 def _print_reevaluation(url: str, name: str) -> None:
@@ -158,23 +169,35 @@ def print_reevaluation(found: dict[str, Any] | None) -> None:
         )
 
 
-def _executor(spec: Any, name: str | None, ray_address: str | None) -> Any:
-    """The spec's executor (or `name`), sized by its resources."""
-    from service.executor import make_executor
-
-    return make_executor(
-        name or spec.executor,
-        cpus=spec.resources.cpus,
-        gpus=spec.resources.gpus,
-        workers=spec.resources.workers,
-        ray_address=ray_address,
-    )
-
-
 def _url(storage: str | None, home: Path) -> str:
+    """The study database: `--storage`, else SQLite under the home; refused (exit 2) if
+    this install cannot open it."""
     from service.store.db import default_url
+    from service.tuning.admission import check_storage
+    from service.tuning.spec import SpecError
 
-    return storage or default_url(home)
+    url = storage or default_url(home)
+    try:
+        check_storage(url)
+    except SpecError as e:
+        raise fail(str(e)) from e
+    return url
+
+
+def existing_url(storage: str | None, home: Path) -> str:
+    """`_url` for commands that read studies: a missing SQLite file is an error, not a new
+    empty database."""
+    from service.redaction import safe_url
+    from service.store.db import sqlite_path
+
+    url = _url(storage, home)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise fail(
+            f"no study database at {safe_url(url)}; run a study first (`shapetune run SPEC`), "
+            "or give --storage / --home"
+        )
+    return url
 
 
 def _drive(
@@ -185,29 +208,36 @@ def _drive(
     home: Path,
     new: bool,
 ) -> None:
+    """Admit the spec (task, inner runs, executor: nothing written before it passes), then
+    create or take over the study and drive it to its budget."""
+    from service.redaction import safe_url
     from service.store.studies import StoreError, StudyExists, get_study
+    from service.tuning.admission import admit_executor, check_runnable
+    from service.tuning.spec import SpecError, same_study
     from service.tuning.study import StudyBusy, run_study
-    from trainers.tasks import TaskError, make_task
 
     setup_logging(verbose=False)
     url = _url(storage, home)
     try:
-        # Refuse a task that cannot be built before the store is opened: that writes.
-        make_task(spec.task.name, home, **spec.task.options)
+        check_runnable(spec, home)
+        runner = admit_executor(spec, executor, ray_address)
+    except SpecError as e:
+        raise fail(str(e)) from e
+    try:
         existing = get_study_or_none(url, spec.name) if new else None
-        if existing is not None and existing.spec != spec.model_dump(mode="json"):
+        if existing is not None and not same_study(existing.spec, spec):
             raise StudyExists(
-                f"a study named {spec.name!r} with another spec exists in {url}; "
+                f"a study named {spec.name!r} with another spec exists in {safe_url(url)}; "
                 f"`shapetune resume {spec.name}` continues it, or give the spec another name"
             )
-        if existing is not None:
-            console.print(f"study {spec.name!r} exists with this spec: continuing it")
-        runner = _executor(spec, executor, ray_address)
-    except (StoreError, TaskError, ValueError, RuntimeError) as e:
+    except StoreError as e:
+        runner.shutdown()
         raise fail(str(e)) from e
+    if existing is not None:
+        console.print(f"study {spec.name!r} exists with this spec: continuing it")
     console.print(
         f"study [bold]{spec.name}[/bold]: {spec.budget} trials x {spec.seeds} seeds, "
-        f"{runner.slots} inner run(s) at once, store {url}"
+        f"{runner.slots} inner run(s) at once, store {safe_url(url)}"
     )
     started = time.monotonic()
     with progress_bar() as bar:
@@ -300,10 +330,18 @@ def status(
         from service.cli_remote import status as remote_status
 
         return remote_status(url, token, name, as_json)
+    from service.redaction import safe_url
+    from service.store.db import sqlite_path
     from service.store.studies import StoreError
     from service.tuning.report import studies_overview, study_report
 
     url = _url(storage, resolve_home(home))
+    path = sqlite_path(url)
+    if name is None and path is not None and not path.is_file():
+        console.print(f"no studies yet: {safe_url(url)} does not exist")
+        return
+    if name is not None:
+        url = existing_url(storage, resolve_home(home))
     try:
         if name:
             if as_json:
@@ -320,7 +358,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title=f"studies in {url}")
+    table = Table(title=f"studies in {safe_url(url)}")
     for column in ("name", "status", "trials", "best", "sparse", "owner", "coordinator"):
         table.add_column(column)
     for r in rows:
@@ -351,7 +389,7 @@ def cancel(
     from service.store.studies import StoreError, request_cancel
 
     try:
-        now = request_cancel(_url(storage, resolve_home(home)), name)
+        now = request_cancel(existing_url(storage, resolve_home(home)), name)
     except StoreError as e:
         raise fail(str(e)) from e
     console.print(f"{name}: {now}")

@@ -9,6 +9,8 @@ from urllib.parse import quote
 
 import httpx
 
+from service.redaction import safe_url
+
 API_PREFIX = "/api/v1"
 PAGE = 100
 
@@ -33,14 +35,16 @@ class ServiceClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise RemoteError(f"cannot reach the service at {self.url}: {e}") from None
+            raise RemoteError(f"cannot reach the service at {safe_url(self.url)}: {e}") from None
         if response.is_error:
             try:
                 detail = response.json()["detail"]
             except (ValueError, KeyError, TypeError):
                 detail = response.text[:500] or response.reason_phrase
             hint = " (give --token or set SHAPETUNE_TOKEN)" if response.status_code == 401 else ""
-            raise RemoteError(f"{self.url} answered {response.status_code}: {detail}{hint}")
+            raise RemoteError(
+                f"{safe_url(self.url)} answered {response.status_code}: {detail}{hint}"
+            )
         return response.json()
 
     def submit(self, spec: dict[str, Any], owner: str = "") -> dict[str, Any]:

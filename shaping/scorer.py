@@ -7,6 +7,9 @@ rows (sorted by length, so padding stays small), and counts rows and time in the
 
 Batches arrive in the policy's tokens. When the RM has a tokenizer of its own, `view`
 re-tokenises a batch for it and maps credits back (see `shaping.align`).
+
+Every value handed out is checked: a NaN or inf from the RM raises `NonFiniteRewardError`
+rather than turning into credits (and from there into the policy's gradient).
 """
 
 from __future__ import annotations
@@ -21,6 +24,42 @@ from transformers import PreTrainedTokenizerBase
 from shaping.align import RmView, retokenize
 from shaping.batch import RolloutBatch
 from shaping.reward_model import RewardModel
+
+
+class NonFiniteRewardError(ValueError):
+    """The reward model gave NaN or inf for one response: the response (its index in the
+    batch and the start of its text), the row of it that was scored, and the method that
+    asked (None until the attributor adds its name; "score" for the plain score R)."""
+
+    def __init__(
+        self, response: int, text: str, value: float, row: str, method: str | None = None
+    ) -> None:
+        self.response = response
+        self.text = text
+        """The start of the response's text."""
+        self.value = value
+        self.row = row
+        """Which row of the response was scored: its full text, a masked variant, a prefix."""
+        self.method = method
+        super().__init__(response, text, value, row, method)  # args: how an error pickles
+
+    def __str__(self) -> str:
+        asked = f", asked for by method {self.method!r}" if self.method else ""
+        return (
+            f"the reward model returned {self.value} for response {self.response} "
+            f"({self.text!r}; {self.row}){asked}. Find why it is not finite on this text "
+            "(fp16 overflow, an input longer than the RM was trained on, ...) or drop the response"
+        )
+
+    def asked_by(self, method: str) -> NonFiniteRewardError:
+        """The same error, naming the method that asked for the row."""
+        return NonFiniteRewardError(self.response, self.text, self.value, self.row, method)
+
+
+def first_non_finite(values: torch.Tensor) -> int | None:
+    """The index of the first NaN or inf in `values` (1-d), or None."""
+    bad = (~torch.isfinite(values)).nonzero()
+    return int(bad[0, 0]) if len(bad) else None
 
 
 @dataclass
@@ -90,19 +129,42 @@ class RewardScorer:
         self.stats.requested_rows += len(rows)
         self._prefixes.clear()  # the previous batch's: of no use from here on
         if not self.rm.causal:
-            return torch.stack(self.score_rows(rows))
-        # The same forward pass as a plain score (a causal RM scores at the last token):
-        # R is the last prefix score, and the others wait for `prefix_values`.
-        per_row = self.score_rows(rows, prefixes=True)
-        self._prefixes.update((tuple(r), v) for r, v in zip(rows, per_row, strict=True))
-        return torch.stack([v[-1] for v in per_row])
+            scores = torch.stack(self.score_rows(rows))
+        else:
+            # The same forward pass as a plain score (a causal RM scores at the last token):
+            # R is the last prefix score, and the others wait for `prefix_values`.
+            per_row = self.score_rows(rows, prefixes=True)
+            self._prefixes.update((tuple(r), v) for r, v in zip(rows, per_row, strict=True))
+            scores = torch.stack([v[-1] for v in per_row])
+        if (i := first_non_finite(scores)) is not None:
+            error = self._non_finite(i, responses[i], scores[i], "its score R", policy=True)
+            raise error.asked_by("score")
+        return scores
+
+    def check_scores(self, batch: RolloutBatch) -> None:
+        """Refuse a batch whose scores R, which come from outside, hold NaN or inf: every
+        method builds its credits from them."""
+        if (i := first_non_finite(batch.scores)) is not None:
+            row = "the batch's score R"
+            raise self._non_finite(i, batch.response(i), batch.scores[i], row, policy=True)
+
+    def _non_finite(
+        self, i: int, response: Sequence[int], value: torch.Tensor, row: str, policy: bool = False
+    ) -> NonFiniteRewardError:
+        """The error for response i, its ids `response` in the RM's tokens (the policy's with
+        `policy`) shown as the start of their text."""
+        tokenizer = (self.policy_tokenizer if policy else None) or self.rm.tokenizer
+        text = str(tokenizer.decode(list(response), skip_special_tokens=True))
+        short = text if len(text) <= 40 else text[:37] + "..."
+        return NonFiniteRewardError(i, short, float(value), row)
 
     @torch.no_grad()
     def score_rows(
         self, rows: Sequence[Sequence[int]], prefixes: bool = False
     ) -> list[torch.Tensor]:
         """Score token rows; each result is a 0-d tensor, or with `prefixes` the (len,) scores
-        of every prefix of the row (causal RMs only)."""
+        of every prefix of the row (causal RMs only). The raw RM outputs, unchecked: these rows
+        are no response of a batch, so the response-level methods check what they hand out."""
         if not rows:
             return []
         ids, lengths = self._pad(rows)
@@ -161,10 +223,14 @@ class RewardScorer:
             prompt = batch.prompt_ids[i][batch.prompt_mask[i].bool()]  # (P_i,)
             masked = torch.where(unique[~full], batch.response_ids[i, :T], self.rm.mask_token_id)
             blocks.append(torch.cat([prompt.expand(masked.shape[0], -1), masked], dim=1))
-            plan.append((full, inverse))
+            plan.append((unique, full, inverse))
         scores = self._score_blocks(blocks)
         values = []
-        for i, ((full, inverse), block_scores) in enumerate(zip(plan, scores, strict=True)):
+        for i, ((unique, full, inverse), block_scores) in enumerate(zip(plan, scores, strict=True)):
+            if (j := first_non_finite(block_scores)) is not None:
+                dropped = int((~unique[~full][j]).sum())
+                row = f"a variant with {dropped} of its {unique.shape[1]} tokens masked"
+                raise self._non_finite(i, batch.response(i), block_scores[j], row)
             v = torch.empty(full.shape[0])  # (K',)
             v[full] = batch.scores[i]
             v[~full] = block_scores
@@ -207,7 +273,11 @@ class RewardScorer:
             self.stats.rows += len(chunk)
             for j, i in enumerate(range(start, start + len(chunk))):
                 P = len(batch.prompt(i))
-                out.append(attention[j, P : len(rows[i])])
+                weights = attention[j, P : len(rows[i])]  # (T_i,)
+                if (k := first_non_finite(weights)) is not None:
+                    row = "its attention weights"
+                    raise self._non_finite(i, batch.response(i), weights[k], row)
+                out.append(weights)
         return out
 
     def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,10 +289,11 @@ class RewardScorer:
         return ids, lengths
 
     def prefix_values(self, batch: RolloutBatch) -> list[torch.Tensor]:
-        """r(x, y_<t) for t = 0..T_i: (T_i + 1,) per response; entry 0 scores the prompt alone.
+        """r(x, y_<t) for t = 0..T_i: (T_i + 1,) per response; entry 0 scores the prompt alone
+        and entry T_i, the full row, is the batch's score R (as in `coalition_values`).
 
         A causal RM reads all of them from one forward pass of the full row; any other RM
-        scores each prefix as its own row.
+        scores each prefix but the full one as its own row: T_i rows per response.
         """
         if self.rm.causal:
             rows = [batch.prompt(i) + batch.response(i) for i in range(batch.size)]
@@ -231,12 +302,26 @@ class RewardScorer:
             missing = [r for r in rows if tuple(r) not in known]
             scored = self.score_rows(missing, prefixes=True)
             known.update((tuple(r), v) for r, v in zip(missing, scored, strict=True))
-            return [known[tuple(rows[i])][len(batch.prompt(i)) - 1 :] for i in range(batch.size)]
-        rows, spans = [], []
-        for i in range(batch.size):
-            prompt, response = batch.prompt(i), batch.response(i)
-            spans.append((len(rows), len(response)))
-            rows += [prompt + response[:t] for t in range(len(response) + 1)]
-        self.stats.requested_rows += len(rows)
-        scores = self.score_rows(rows)
-        return [torch.stack(scores[s : s + n + 1]) for s, n in spans]
+            # The prefix ending at the prompt's last token is t = 0; the full row's is left out.
+            prefixes = [
+                known[tuple(rows[i])][len(batch.prompt(i)) - 1 : -1] for i in range(batch.size)
+            ]
+        else:
+            rows, starts = [], []
+            for i in range(batch.size):
+                prompt, response = batch.prompt(i), batch.response(i)
+                starts.append(len(rows))
+                rows += [prompt + response[:t] for t in range(len(response))]
+            self.stats.requested_rows += len(rows) + batch.size  # + the full rows, which are R
+            scores = self.score_rows(rows)
+            prefixes = [
+                torch.stack(scores[s : s + n])
+                for s, n in zip(starts, batch.lengths.tolist(), strict=True)
+            ]
+        out = []
+        for i, scored_prefixes in enumerate(prefixes):  # (T_i,) for t = 0..T_i - 1
+            if (t := first_non_finite(scored_prefixes)) is not None:
+                row = f"its prefix of {t} tokens"
+                raise self._non_finite(i, batch.response(i), scored_prefixes[t], row)
+            out.append(torch.cat([scored_prefixes, batch.scores[i : i + 1].float()]))
+        return out

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from shaping.attribution import ATTRIBUTORS
+from shaping.attribution import ATTRIBUTORS, check_method_options
 from shaping.shape import check_weights
-from trainers.tasks import TASKS
+from trainers.tasks import TASKS, TaskError, check_task_options
 
 CriticInit = Literal["policy", "reward_model"]
 CRITIC_INITS = ("policy", "reward_model")
@@ -57,6 +57,10 @@ class TaskConfig:
     def __post_init__(self) -> None:
         _check(self.name in TASKS, "task.name", self.name, f"choose one of {sorted(TASKS)}")
         object.__setattr__(self, "options", dict(self.options))
+        try:
+            check_task_options(self.name, self.options)
+        except TaskError as e:
+            raise ConfigError(f"task.options: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,10 @@ class ShapingConfig:
                 method,
                 f"options name a method; choose from {sorted(ATTRIBUTORS)}",
             )
-            valid = method_options(method)
-            unknown = sorted(set(opts) - set(valid))
-            _check(not unknown, f"shaping.options.{method}", unknown, f"valid options: {valid}")
+            try:  # the values too, by the checks the method's constructor runs
+                check_method_options(method, opts)
+            except ValueError as e:
+                raise ConfigError(f"shaping.options.{method}: {e}") from e
         _positive_int("shaping.rows_per_forward", self.rows_per_forward)
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "options", options)

@@ -36,7 +36,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from shaping.attribution import ATTRIBUTORS
 from shaping.batch import RolloutBatch
-from shaping.scorer import RewardScorer
+from shaping.scorer import NonFiniteRewardError, RewardScorer
 from shaping.shaper import Shaper
 from trainers import checkpoint
 from trainers.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, method_options
@@ -256,8 +256,10 @@ def ppo_step(run: Run, step: int, clock: Clock) -> tuple[dict[str, float], dict[
     # 3. score: R = r(x, y)
     costs_before = run.shaper.metrics()
     with clock("score"):
-        scores = run.scorer.score_responses(prompts, responses)  # (B,)
-        _finite(step, "score", scores=scores)
+        try:  # the scorer names the response whose score is not finite
+            scores = run.scorer.score_responses(prompts, responses)  # (B,)
+        except NonFiniteRewardError as e:
+            raise TrainingError(step, "score", str(e)) from e
 
     # 4. shape: r_t = sum_k w_k phi_k[t] - beta * KL_t (TRL: R on the last token only)
     with clock("shape"):
@@ -450,11 +452,26 @@ def batch_prompts(prompts: list[list[int]], seed: int, step: int, B: int) -> lis
     return out
 
 
-def build_run(config: TrainConfig, task: Task) -> Run:
-    """Load the policy, a frozen reference copy, the value model and the reward model."""
+def check_config(config: TrainConfig, task: Task) -> torch.device:
+    """What `build_run` needs of the config and the task, checked without loading weights
+    (a study admits a spec with this): the device, and a response length the models fit.
+    Returns the device."""
     if task.name != config.task.name:
         raise ConfigError(f"task.name={config.task.name!r} but the task given is {task.name!r}")
     device = resolve_device(config.device)
+    length = config.ppo.response_length or task.response_length
+    limit = task.max_response_length()
+    if limit is not None and length > limit:
+        raise ConfigError(
+            f"ppo.response_length={length} is longer than the models of task {task.name!r} "
+            f"take after its longest prompt; give at most {limit}"
+        )
+    return device
+
+
+def build_run(config: TrainConfig, task: Task) -> Run:
+    """Load the policy, a frozen reference copy, the value model and the reward model."""
+    device = check_config(config, task)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     policy, ref_policy = task.load_policy(), task.load_policy()  # fresh copies: the start

@@ -3,7 +3,8 @@
 A local `shapetune run` trusts its user; a remote one must not read the server's files or
 exhaust it. On top of the spec's own validation (`parse_spec`): model directories and
 prompt files only under the folders the operator configured (symlinks resolved, no `..`),
-sizes within the server's limits, and the server's own database.
+sizes within the server's limits, and the server's own database. Then the one admission
+path every spec takes (`service.tuning.admission.check_runnable`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import Settings
-from service.tuning.spec import SpecError, StudySpec, TaskSpec, parse_spec
+from service.tuning.admission import check_resources_here, check_runnable
+from service.tuning.spec import SpecError, StudySpec, TaskSpec, corner_configs, parse_spec
 
 PATH_OPTIONS: dict[str, dict[str, str]] = {
     "hf": {"policy": "model", "reward_model": "model", "prompts": "prompt"},
@@ -34,15 +36,14 @@ def admit(data: Any, settings: Settings) -> StudySpec:
     if problems:
         raise SpecError(problems)
     # Store the resolved paths: a symlink swapped after admission cannot redirect the run.
-    return spec.model_copy(update={"task": TaskSpec(name=spec.task.name, options=options)})
+    spec = spec.model_copy(update={"task": TaskSpec(name=spec.task.name, options=options)})
+    check_runnable(spec, settings.resolved_home())
+    check_resources_here(spec, settings.executor)
+    return spec
 
 
 def _limits(spec: StudySpec, settings: Settings) -> list[str]:
-    config = spec.train_config(
-        dict.fromkeys(spec.methods, 1.0 / len(spec.methods)),
-        {k: v.low for k, v in spec.knobs.items()},
-        spec.seed,
-    )
+    config = corner_configs(spec)[0]  # sizes are not searched: every corner has the same
     sizes: list[tuple[str, Any, int, str]] = [
         ("budget", spec.budget, settings.max_budget, "MAX_BUDGET"),
         ("seeds", spec.seeds, settings.max_seeds, "MAX_SEEDS"),

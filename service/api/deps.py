@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,6 +11,7 @@ from service.api.admission import admit
 from service.auth import SESSION_COOKIE, Role, reads_open, session_reads, token_role
 from service.settings import Settings
 from service.tuning.spec import SpecError, StudySpec
+from service.tuning.specfile import SpecTextError, load_json
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN`")
 
@@ -86,26 +86,13 @@ async def submitted_spec(request: Request, settings: SettingsDep) -> StudySpec:
                 f"the spec is over {settings.max_body_bytes} bytes (SHAPETUNE_MAX_BODY_BYTES)",
             )
     try:
-        data = json.loads(bytes(body), parse_constant=_no_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as e:
-        raise SpecRejectedError([f"the body is not a JSON spec: {e}"]) from None
+        data = load_json(bytes(body))
+    except SpecTextError as e:
+        raise SpecRejectedError([str(e)]) from None
     try:
         return admit(data, settings)
     except SpecError as e:
         raise SpecRejectedError(e.problems) from None
-    except RecursionError:
-        raise SpecRejectedError(["the spec is nested too deeply"]) from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number a spec may hold")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} is too large a number")
-    return value
 
 
 SpecDep = Annotated[StudySpec, Depends(submitted_spec)]

@@ -22,6 +22,24 @@ log = logging.getLogger(__name__)
 WORKER_RETRIES = 3
 
 
+def joined_cluster_fit(cpus: float, gpus: float) -> int:
+    """How many inner runs of `cpus` and `gpus` the Ray cluster this process joined holds at
+    once; `ValueError` if not one. A process that has joined none cannot tell: 1."""
+    if not ray.is_initialized():
+        return 1
+    available = ray.cluster_resources()
+    fit = math.floor(available.get("CPU", 1) / cpus) if cpus else 1
+    if gpus:
+        fit = min(fit, math.floor(available.get("GPU", 0) / gpus))
+    if fit < 1:
+        raise ValueError(
+            f"the Ray cluster ({available.get('CPU', 0):g} CPUs, {available.get('GPU', 0):g} "
+            f"GPUs) cannot fit one inner run of resources.cpus={cpus:g} and "
+            f"resources.gpus={gpus:g}; lower them, or add nodes with those resources"
+        )
+    return fit
+
+
 class RayExecutor(Executor):
     def __init__(
         self, cpus: float = 1.0, gpus: float = 0.0, workers: int = 0, address: str | None = None
@@ -37,16 +55,7 @@ class RayExecutor(Executor):
                 configure_logging=False,
             )
         self.cpus, self.gpus = cpus, gpus
-        available = ray.cluster_resources()
-        fit = math.floor(available.get("CPU", 1) / cpus) if cpus else 1
-        if gpus:
-            fit = min(fit, math.floor(available.get("GPU", 0) / gpus))
-        if fit < 1:
-            raise RuntimeError(
-                f"the Ray cluster ({available.get('CPU', 0)} CPUs, {available.get('GPU', 0)} "
-                f"GPUs) cannot fit one inner run of {cpus} CPUs and {gpus} GPUs; lower "
-                "resources.cpus/gpus or add workers"
-            )
+        fit = joined_cluster_fit(cpus, gpus)
         self.slots = min(workers, fit) if workers else fit
         self._pending: dict[Any, Job] = {}
 

@@ -8,6 +8,7 @@ the database.
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,8 +20,18 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.redaction import safe_url
 
 SQLITE_TIMEOUT_S = 60
 """How long a SQLite writer waits for the lock: workers heartbeat concurrently."""
@@ -37,8 +48,79 @@ class StoreError(RuntimeError):
     """The study database failed; the message names the database and the cause."""
 
 
+TRANSIENT = (OperationalError, DisconnectionError, PoolTimeout, ConnectionError)
+"""Errors of the connection rather than the query: a restart or a network blink passes."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether `e`, or the database error a `StoreError` wraps, can pass if tried again."""
+    return isinstance(e, TRANSIENT) or (
+        isinstance(e, StoreError) and isinstance(e.__cause__, TRANSIENT)
+    )
+
+
+BACKENDS = ("sqlite", "postgresql")
+URL_HELP = "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+
+
 def default_url(home: Path) -> str:
     return f"sqlite:///{home / 'studies.db'}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL; None for any other database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def check_url(url: str) -> None:
+    """Raise `StoreError` unless `url` names a database this install can open (its dialect
+    and driver installed, an SQLite file's folder creatable), touching nothing."""
+    shown = safe_url(url)
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, ValueError):
+        raise StoreError(f"storage {shown!r} is not a database URL; {URL_HELP}") from None
+    except NoSuchModuleError:
+        raise StoreError(f"storage {shown!r}: no such database dialect; {URL_HELP}") from None
+    if parsed.get_backend_name() not in BACKENDS:
+        raise StoreError(
+            f"storage {shown!r}: {parsed.get_backend_name()} is not supported; {URL_HELP}"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise StoreError(
+            f"storage {shown!r}: its driver ({e.name or e}) is not installed; "
+            "use postgresql+psycopg:// (psycopg 3: `pip install 'shapetune[postgres]'`)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_path(parsed.database, shown)
+
+
+def _check_sqlite_path(database: str | None, shown: str) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise StoreError(
+            f"storage {shown!r}: give a file (sqlite:///PATH); a study must outlive the process"
+        )
+    path = Path(database).expanduser()
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"storage {shown!r}: {str(path)!r} is not a file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"storage {shown!r}: {str(path)!r} is not readable and writable")
+        return
+    folder = path.parent  # the first folder that exists must be one we may create inside
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"storage {shown!r}: cannot create {str(path)!r} ({str(folder)!r} is not a "
+            "writable folder); give a path in a folder you can write"
+        )
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -60,7 +142,10 @@ def prepare_sqlite(url: str) -> None:
 @cache
 def get_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        prepare_sqlite(url)
+        try:
+            prepare_sqlite(url)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the study database {safe_url(url)}: {e}") from e
     engine = create_engine(url, **engine_kwargs(url))
     if url.startswith("sqlite"):
 
@@ -135,15 +220,6 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def safe_url(url: str) -> str:
-    """The URL without a password."""
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, _, creds = head.partition("://")
-    return f"{scheme}://{creds.split(':')[0]}@{tail}"
 
 
 def ping(url: str) -> None:

@@ -17,12 +17,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.executor import Executor, make_executor
+from service.executor import Executor
 from service.executor.base import Job, JobFn, Outcome
+from service.redaction import safe_url
 from service.store import studies as store
+from service.store.db import TRANSIENT, is_transient
+from service.tuning.admission import admit_executor, check_runnable
 from service.tuning.spec import SpecError, parse_spec
+from service.tuning.specfile import cut
 from service.tuning.study import LeaseLost, StudyBusy, Timing, run_study
-from trainers.tasks import TaskError, make_task
 
 log = logging.getLogger(__name__)
 
@@ -63,51 +66,57 @@ class Coordinator:
             log.warning("coordinator still driving %s at exit; its lease will lapse", self.current)
 
     def _serve(self) -> None:
-        log.info("coordinator %s watching %s", self.holder, self.config.url)
+        log.info("coordinator %s watching %s", self.holder, safe_url(self.config.url))
+        backoff = Backoff(self.config.poll_s)
         while not self.stop_event.is_set():
             try:
                 names = store.claimable_studies(self.config.url)
-            except store.StoreError as e:  # the database blinked; the next poll retries
-                log.warning("coordinator cannot list studies: %s", e)
-                names = []
-            for name in names:
-                if self.stop_event.is_set():
-                    return
-                self.current = name
-                try:
-                    self.drive(name)
-                except Exception:  # one broken study must not stop the others
-                    log.exception("coordinator: study %s stopped with an error", name)
-                finally:
-                    self.current = None
+                for name in names:
+                    if self.stop_event.is_set():
+                        return
+                    self._drive_one(name)
+            except (store.StoreError, *TRANSIENT) as e:  # the database blinked: try again
+                delay = backoff.next()
+                log.warning("coordinator: %s; retrying in %.1f s", e, delay)
+                self.stop_event.wait(delay)
+                continue
+            backoff.reset()
             if not names:
                 self.stop_event.wait(self.config.poll_s)
+
+    def _drive_one(self, name: str) -> None:
+        """Drive one study. An error that can pass goes up to be retried with backoff; any
+        other fails the study with the reason (logged once, its traceback at debug), so it
+        never comes back to the queue to break again."""
+        self.current = name
+        try:
+            self.drive(name)
+        except Exception as e:
+            if is_transient(e):
+                raise
+            reason = f"internal error: {type(e).__name__}: {cut(str(e))}"
+            log.error("study %s failed: %s", name, reason)
+            log.debug("study %s failed", name, exc_info=True)
+            store.set_status(self.config.url, name, "failed", reason)
+        finally:
+            self.current = None
 
     def drive(self, name: str) -> None:
         """Run one study to its end (or until the service stops)."""
         url = self.config.url
         record = store.get_study(url, name)
-        try:
-            spec = parse_spec(record.spec)
-        except SpecError as e:  # stored by another version of shapetune
-            store.set_status(url, name, "failed", str(e))
-            return
         if record.status == "cancelling":  # its coordinator died before it could stop it
             if store.acquire_lease(url, name, self.holder, self.config.timing.lease):
                 store.set_status(url, name, "cancelled", "cancelled by request")
                 store.release_lease(url, name, self.holder)
             return
-        try:
-            make_task(spec.task.name, self.config.home, **spec.task.options)
-            executor = make_executor(
-                self.config.executor or spec.executor,
-                cpus=spec.resources.cpus,
-                gpus=spec.resources.gpus,
-                workers=spec.resources.workers,
-                ray_address=self.config.ray_address,
-            )
-        except (TaskError, ValueError, RuntimeError) as e:
-            store.set_status(url, name, "failed", f"cannot start: {e}")
+        try:  # admitted again: the machine may have changed since (a task's files, GPUs)
+            spec = parse_spec(record.spec)
+            check_runnable(spec, self.config.home)
+            executor = admit_executor(spec, self.config.executor, self.config.ray_address)
+        except SpecError as e:
+            log.warning("study %s cannot start: %s", name, "; ".join(e.problems))
+            store.set_status(url, name, "failed", f"cannot start: {'; '.join(e.problems)}")
             return
         log.info("coordinator %s drives study %s", self.holder, name)
         try:
@@ -126,6 +135,20 @@ class Coordinator:
             log.warning("%s", e)
         except ServiceStopping:
             store.set_status(url, name, "queued", "the service stopped; it continues on restart")
+
+
+class Backoff:
+    """Waits that double from `first_s` up to `max_s` while an error keeps passing."""
+
+    def __init__(self, first_s: float, max_s: float = 60.0) -> None:
+        self.first_s, self.max_s, self.delay = first_s, max_s, first_s
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first_s
 
 
 class _Stoppable(Executor):

@@ -12,9 +12,11 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.redaction import safe_url
+from service.store.db import StoreError, check_url
+from service.tuning.specfile import MAX_BYTES, SpecTextError, cut, load_yaml, shorten
 from shaping.attribution import ATTRIBUTORS
 from trainers.config import ConfigError, TrainConfig
 from trainers.tasks import TASKS
@@ -22,7 +24,6 @@ from trainers.tasks import TASKS
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TUNABLE_KNOBS = ("kl_coef", "lr", "clip_coef", "temperature", "vf_coef", "gae_lambda")
 """PPO hyper-parameters a study may search beside the weights."""
-SAMPLERS = ("gp", "tpe", "random", "qnei")
 STUDY_OWNED = {
     "task": "the spec's `task`",
     "seed": "from the spec's `seed`, one per inner seed",
@@ -31,16 +32,24 @@ STUDY_OWNED = {
 """Inner-run fields the study sets itself; a spec that sets them would be ignored."""
 
 
+MAX_PROBLEMS = 40
+"""Problems listed in one error; a spec with more is mostly wrong, and the rest are counted."""
+
+
 class SpecError(ValueError):
     """A spec that cannot run; `problems` holds one line per offending field."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid study spec:\n" + "\n".join(f"  - {p}" for p in problems))
-        self.problems = problems
+        shown = problems[:MAX_PROBLEMS]
+        if len(problems) > MAX_PROBLEMS:
+            shown.append(f"... and {len(problems) - MAX_PROBLEMS} more")
+        super().__init__("invalid study spec:\n" + "\n".join(f"  - {p}" for p in shown))
+        self.problems = shown
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `seeds: true` is not 1 and `"3"` is not 3; no NaN or infinity anywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class TaskSpec(_Strict):
@@ -154,11 +163,11 @@ class StudySpec(_Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite:///", "postgresql")):
-            raise ValueError(
-                f"storage {v!r} is not a supported URL; use sqlite:///PATH or "
-                "postgresql+psycopg://USER@HOST/DB"
-            )
+        if v is not None:
+            try:
+                check_url(v)
+            except StoreError as e:
+                raise ValueError(str(e)) from None
         return v
 
     @model_validator(mode="after")
@@ -194,6 +203,14 @@ class StudySpec(_Strict):
             raise ValueError("\n".join(problems))
         return self
 
+    def stored(self) -> dict[str, Any]:
+        """The spec as the study keeps it: plain data, the storage URL's password left out
+        (the study lives in that database, and whoever reads it must not learn it)."""
+        data = self.model_dump(mode="json")
+        if data["storage"] is not None:
+            data["storage"] = safe_url(data["storage"])
+        return data
+
     def train_config(
         self, weights: dict[str, float], knobs: dict[str, float], seed: int
     ) -> TrainConfig:
@@ -223,43 +240,83 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
 
 
 def parse_spec(data: Any) -> StudySpec:
-    """Validate plain data as a spec; every problem is reported at once as a `SpecError`."""
+    """Validate plain data as a spec; every problem is reported at once as a `SpecError`.
+
+    The inner run is checked by the trainer's own config, as each trial will build it, at
+    both ends of every searched knob: a range the trainer refuses anywhere is refused here.
+    What needs the task itself (its files, its models' sizes, the device) is checked by
+    `service.tuning.admission.check_runnable`."""
     if not isinstance(data, dict):
         raise SpecError([f"a spec is a mapping of fields; got {type(data).__name__}"])
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:
         raise SpecError([line for err in e.errors() for line in _describe(err)]) from None
-    try:  # the inner run is checked by the trainer's own config, as it will be built
-        first = dict.fromkeys(spec.methods, 1.0 / len(spec.methods))
-        spec.train_config(first, {k: v.low for k, v in spec.knobs.items()}, spec.seed)
-    except ConfigError as e:
-        raise SpecError([f"inner: {e}"]) from None
-    except (TypeError, AttributeError) as e:
-        raise SpecError([f"inner: not a mapping of TrainConfig fields ({e})"]) from None
+    problems = _corner_errors(spec)
+    if problems:
+        raise SpecError(problems)
     return spec
+
+
+def same_study(stored: dict[str, Any], spec: StudySpec) -> bool:
+    """Whether a stored spec and `spec` describe the same study, defaults filled in: a spec
+    stored by an older version, without a field added since, is still the same study."""
+    try:
+        return parse_spec(stored).stored() == spec.stored()
+    except SpecError:
+        return False
+
+
+def corner_configs(spec: StudySpec) -> list[TrainConfig]:
+    """The inner runs at the low and the high end of every knob (the weights do not change
+    what the trainer accepts); raises `ConfigError` for the first that cannot be built."""
+    weights = dict.fromkeys(spec.methods, 1.0 / len(spec.methods))
+    low = {k: v.low for k, v in spec.knobs.items()}
+    high = {k: v.high for k, v in spec.knobs.items()}
+    ends = [low, high] if spec.knobs else [low]
+    return [spec.train_config(weights, knobs, spec.seed) for knobs in ends]
+
+
+def _corner_errors(spec: StudySpec) -> list[str]:
+    try:
+        corner_configs(spec)
+    except ConfigError as e:
+        return [f"inner: {cut(str(e))}"]
+    except (TypeError, AttributeError) as e:
+        return [f"inner: not a mapping of TrainConfig fields ({cut(str(e))})"]
+    return []
 
 
 def _describe(err: Any) -> list[str]:
     where = ".".join(str(p) for p in err["loc"]) or "spec"
-    message = str(err["msg"]).removeprefix("Value error, ")
+    message = cut(str(err["msg"]).removeprefix("Value error, "))
     if err["type"] == "extra_forbidden":
         message = "unknown field"
     elif err["type"] == "missing":
         message = "required field is missing"
     given = err.get("input")
-    shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
+    if isinstance(given, str) and "://" in given:
+        given = safe_url(given)
+    shown = (
+        "" if err["type"] == "missing" or isinstance(given, dict) else f" (got {shorten(given)})"
+    )
     return [f"{where}: {line}{shown}" for line in message.split("\n")]
 
 
 def load_spec(path: Path) -> StudySpec:
-    """Read a YAML or JSON spec file."""
-    if not path.is_file():
-        raise SpecError([f"spec file {str(path)!r} does not exist"])
+    """Read a YAML or JSON spec file (bounded: `service.tuning.specfile`)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SpecError([f"{path}: not valid YAML/JSON: {e}"]) from None
+        if not path.is_file():
+            raise SpecError([f"spec file {str(path)!r} does not exist"])
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        data = load_yaml(raw.decode("utf-8"), str(path))
+    except SpecTextError as e:
+        raise SpecError([str(e)]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except OSError as e:
+        raise SpecError([f"spec file {str(path)!r} cannot be read: {e.strerror}"]) from None
     return parse_spec(data)
 
 

@@ -33,7 +33,7 @@ from service.tuning import space
 from service.tuning.inner import run_inner
 from service.tuning.objective import direction
 from service.tuning.samplers import make_sampler
-from service.tuning.spec import StudySpec
+from service.tuning.spec import StudySpec, same_study
 from service.tuning.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,9 @@ def run_study(
     timing = timing or Timing()
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
-        store.create_study(url, spec.name, spec.model_dump(mode="json"), owner)
+        store.create_study(url, spec.name, spec.stored(), owner)
     except store.StudyExists:
-        if store.get_study(url, spec.name).spec != spec.model_dump(mode="json"):
+        if not same_study(store.get_study(url, spec.name).spec, spec):
             raise
     if not store.acquire_lease(url, spec.name, holder, timing.lease):
         who = store.lease_holder(url, spec.name)

@@ -24,7 +24,7 @@ from service.tuning.spec import StudySpec
 
 def submit(url: str, spec: StudySpec, owner: str) -> dict[str, Any]:
     """Record a study as queued (the coordinator picks it up) and return its summary."""
-    record = store.create_study(url, spec.name, spec.model_dump(mode="json"), owner)
+    record = store.create_study(url, spec.name, spec.stored(), owner)
     return _summary(record, done=0)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shaping.attribution.attention import AttentionAttributor
 from shaping.attribution.base import Attributor
 from shaping.attribution.lime_explainer import LimeAttributor
+from shaping.attribution.options import MethodOptionError
 from shaping.attribution.red import RedAttributor
 from shaping.attribution.shap_explainer import ShapAttributor
 from shaping.attribution.shapley import ShapleyAttributor
@@ -27,15 +29,27 @@ ATTRIBUTORS: dict[str, type[Attributor]] = {
     )
 }
 
-__all__ = ["ATTRIBUTORS", "Attributor", "make_attributor"]
+__all__ = [
+    "ATTRIBUTORS",
+    "Attributor",
+    "MethodOptionError",
+    "check_method_options",
+    "make_attributor",
+]
 
 
-def make_attributor(name: str, scorer: RewardScorer, **options: Any) -> Attributor:
+def check_method_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an unknown method, or options its constructor would refuse (unknown names,
+    invalid values; `MethodOptionError` names every one), without building it: config
+    admission runs this before any reward model is loaded."""
     if name not in ATTRIBUTORS:
         raise ValueError(
             f"unknown attribution method {name!r}; choose one of {sorted(ATTRIBUTORS)}"
         )
-    try:
-        return ATTRIBUTORS[name](scorer, **options)
-    except TypeError as e:  # an option the method does not take
-        raise ValueError(f"method {name!r}: {e}") from e
+    ATTRIBUTORS[name].check_options(**{str(k): v for k, v in options.items()})
+
+
+def make_attributor(name: str, scorer: RewardScorer, **options: Any) -> Attributor:
+    # Checked first: an unknown option is then a named error, not the constructor's TypeError.
+    check_method_options(name, options)
+    return ATTRIBUTORS[name](scorer, **options)

@@ -11,11 +11,12 @@ One RM row per response.
 
 from __future__ import annotations
 
-import math
+from typing import ClassVar
 
 import torch
 
 from shaping.attribution.base import Attributor, last_token
+from shaping.attribution.options import Options, Real
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
 
@@ -23,11 +24,11 @@ from shaping.scorer import RewardScorer
 class AttentionAttributor(Attributor):
     name = "attention"
     conserves = True
+    options: ClassVar[Options] = {"beta": Real(0.0, 1.0, why="the attention share of R")}
 
     def __init__(self, scorer: RewardScorer, beta: float = 1.0) -> None:
+        self.check_options(beta=beta)
         super().__init__(scorer)
-        if not (math.isfinite(beta) and 0.0 <= beta <= 1.0):
-            raise ValueError(f"beta={beta} must be in [0, 1] (the attention share of R)")
         self.beta = beta
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from shaping.align import RmView
+from shaping.attribution.options import MethodOptionError, Options, option_problems
 from shaping.batch import RolloutBatch
-from shaping.scorer import RewardScorer
+from shaping.scorer import NonFiniteRewardError, RewardScorer
 
 
 class Attributor(ABC):
@@ -24,13 +25,19 @@ class Attributor(ABC):
 
     `_credits` sees the batch in the reward model's tokens; the base class carries its
     credits back to the policy's tokens. Time spent in `attribute`, RM forwards included,
-    accumulates in `seconds`.
+    accumulates in `seconds`. A NaN or inf score, the batch's or the RM's, raises
+    `NonFiniteRewardError` naming the response and the method.
+
+    The constructor's keywords are the method's options: declared in `options`, and checked
+    by `check_options` in the constructor (and in config admission, before any RM exists).
     """
 
     name: ClassVar[str]
     conserves: ClassVar[bool]
     reads_rm: ClassVar[bool] = True
     """False for methods that need only the batch's scores: they stay in the policy's tokens."""
+    options: ClassVar[Options] = {}
+    """Each constructor keyword after `scorer`, and the values it may take."""
 
     def __init__(self, scorer: RewardScorer) -> None:
         self.scorer = scorer
@@ -38,9 +45,26 @@ class Attributor(ABC):
         self.residuals: list[float] = []
         """Mean |pre-rescale residual| / (|R| + 1e-8) of each batch (non-conserving methods)."""
 
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Refuse unknown options and invalid values, naming every bad one."""
+        problems = option_problems(cls.name, cls.options, options)
+        if problems:
+            raise MethodOptionError(problems)
+
     @torch.no_grad()
     def attribute(self, batch: RolloutBatch) -> torch.Tensor:
         started = time.perf_counter()
+        try:
+            self.scorer.check_scores(batch)
+            credits = self._attribute(batch)
+        except NonFiniteRewardError as e:  # raised by the scorer, which cannot know who asked
+            raise e.asked_by(self.name) from None
+        self.seconds += time.perf_counter() - started
+        return credits
+
+    def _attribute(self, batch: RolloutBatch) -> torch.Tensor:
+        """`attribute`'s work: credits in the RM's tokens, conserved, back in the policy's."""
         view = self.scorer.view(batch) if self.reads_rm else RmView(batch)
         credits = self._credits(view.batch)
         if credits.shape != view.batch.response_ids.shape:
@@ -51,9 +75,7 @@ class Attributor(ABC):
             credits, residual = conserve(credits, target, view.batch.response_mask)
             scale = view.batch.scores.abs() + 1e-8
             self.residuals.append(float((residual.abs() / scale).mean()))
-        credits = view.to_policy(credits) * batch.response_mask
-        self.seconds += time.perf_counter() - started
-        return credits
+        return view.to_policy(credits) * batch.response_mask
 
     @abstractmethod
     def _credits(self, batch: RolloutBatch) -> torch.Tensor: ...

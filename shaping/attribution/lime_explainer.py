@@ -7,7 +7,8 @@ back into keep-masks and scores all of them in one `scorer.coalition_values` cal
 
 LIME's coefficients come from a kernel-weighted ridge regression on random coalitions and do
 not sum to v(N) - v(empty): `conserves` is False, `offsets` is v(empty) (the all-masked
-response), and the base class adds the residual back and records its size.
+response), and the base class adds the residual back and records its size. v(empty) rides
+along in the classifier's one request (one row, and none when LIME drew it itself).
 
 Library defaults changed here: every token is a feature (LIME keeps 10 by default, chosen by
 forward selection), and `num_samples` is 500, not 5000. RLHF attributes every response of
@@ -18,10 +19,13 @@ samples per feature for responses of up to 50 tokens.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
 from shaping.attribution.base import Attributor
+from shaping.attribution.options import Integer, Options
 from shaping.attribution.shap_explainer import TokenGame
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
@@ -33,6 +37,12 @@ MASK_WORD = "_"
 class LimeAttributor(Attributor):
     name = "lime"
     conserves = False
+    options: ClassVar[Options] = {
+        "num_samples": Integer(
+            2, why="LIME's perturbed samples per response, the original included"
+        ),
+        "seed": Integer(0, 2**32 - 1, why="numpy's RandomState"),
+    }
 
     def __init__(
         self,
@@ -40,12 +50,10 @@ class LimeAttributor(Attributor):
         num_samples: int = 500,
         seed: int = 0,
     ) -> None:
+        self.check_options(num_samples=num_samples, seed=seed)
         super().__init__(scorer)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-            raise ValueError(
-                f"num_samples={num_samples!r} must be an integer >= 2 "
-                "(LIME's perturbed samples per response, the original included)"
-            )
+        self._empty_values: tuple[RolloutBatch | None, torch.Tensor] = (None, torch.zeros(0))
+        """The last batch `_credits` saw, and its v(empty) per response, for `offsets`."""
         # Imported here, on first use: the import takes a second or two that runs without
         # this method should not pay.
         from lime.lime_text import LimeTextExplainer
@@ -63,13 +71,20 @@ class LimeAttributor(Attributor):
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
         credits = torch.zeros(batch.response_ids.shape)
+        empty_values = torch.zeros(batch.size)
         for i in range(batch.size):
             T = int(batch.lengths[i])
             game = TokenGame(self.scorer, batch, i)
+            empty = np.zeros((1, T), dtype=bool)
 
-            def classifier(texts: list[str], game: TokenGame = game) -> np.ndarray:
+            def classifier(
+                texts: list[str], game: TokenGame = game, empty: np.ndarray = empty
+            ) -> np.ndarray:
                 keep = np.array([[w != MASK_WORD for w in s.split(" ")] for s in texts])
-                return game(keep)[:, None]  # (N, 1): one "class", the reward
+                # v(empty), the offset, is asked for with LIME's samples: the game scores a
+                # coalition once, so this costs no row when LIME drew it too.
+                values = game(np.concatenate([keep, empty]))[:-1]
+                return values[:, None]  # (N, 1): one "class", the reward
 
             explanation = self.explainer.explain_instance(
                 " ".join(f"t{k}" for k in range(T)),
@@ -80,9 +95,15 @@ class LimeAttributor(Attributor):
             )
             for k, weight in explanation.local_exp[0]:  # feature k = word k = token k
                 credits[i, k] = float(weight)
+            empty_values[i] = float(game(empty)[0])  # from the game's memo: no new row
+        self._empty_values = (batch, empty_values)
         return credits
 
     def offsets(self, batch: RolloutBatch) -> torch.Tensor:
-        """v(empty) per response, (B,): every response token masked, in one scorer call."""
+        """v(empty) per response, (B,): every response token masked. Kept by `_credits` for
+        the batch it last saw; any other batch's are scored here, in one scorer call."""
+        kept_for, values = self._empty_values
+        if kept_for is batch:
+            return values
         empty = [torch.zeros(1, int(n), dtype=torch.bool) for n in batch.lengths]
         return torch.cat(self.scorer.coalition_values(batch, empty))

@@ -31,14 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
 from shaping.attribution.base import Attributor
+from shaping.attribution.options import Choice, Integer, Options
 from shaping.batch import RolloutBatch
-from shaping.scorer import RewardScorer
+from shaping.scorer import NonFiniteRewardError, RewardScorer
 
 Algorithm = Literal["partition", "permutation", "kernel"]
 ALGORITHMS = ("partition", "permutation", "kernel")
@@ -53,7 +54,7 @@ class TokenGame:
     """
 
     def __init__(self, scorer: RewardScorer, batch: RolloutBatch, i: int) -> None:
-        self.scorer = scorer
+        self.scorer, self.i = scorer, i
         self.batch = RolloutBatch(  # a one-response batch: coalition_values is per row
             batch.prompt_ids[i : i + 1],
             batch.prompt_mask[i : i + 1],
@@ -69,7 +70,10 @@ class TokenGame:
         keys = [row.tobytes() for row in unique]
         todo = [k for k, key in enumerate(keys) if key not in self.memo]
         if todo:
-            values = self.scorer.coalition_values(self.batch, [torch.from_numpy(unique[todo])])
+            try:
+                values = self.scorer.coalition_values(self.batch, [torch.from_numpy(unique[todo])])
+            except NonFiniteRewardError as e:  # it names the response of the one-row batch: 0
+                raise NonFiniteRewardError(self.i, e.text, e.value, e.row, e.method) from None
             self.memo.update(zip([keys[k] for k in todo], values[0].tolist(), strict=True))
         return np.array([self.memo[key] for key in keys])[inverse.reshape(-1)]
 
@@ -126,6 +130,11 @@ def numpy_seed(seed: int) -> Iterator[None]:
 class ShapAttributor(Attributor):
     name = "shap"
     conserves = True  # for every algorithm and budget: see the module docstring
+    options: ClassVar[Options] = {
+        "algorithm": Choice(ALGORITHMS),
+        "max_evals": Integer(3, why="RM evaluations per response"),
+        "seed": Integer(0, why="numpy's default_rng"),
+    }
 
     def __init__(
         self,
@@ -134,13 +143,8 @@ class ShapAttributor(Attributor):
         max_evals: int = 500,
         seed: int = 0,
     ) -> None:
+        self.check_options(algorithm=algorithm, max_evals=max_evals, seed=seed)
         super().__init__(scorer)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 3:
-            raise ValueError(
-                f"max_evals={max_evals!r} must be an integer >= 3 (RM evaluations per response)"
-            )
         self.algorithm, self.max_evals = algorithm, max_evals
         self.rng = np.random.default_rng(seed)
 

@@ -5,38 +5,80 @@ a player's value goes on its last token (SCAR) or is spread over its tokens. Exa
 enumerating all 2^M coalitions up to `max_exact_players`; above that, antithetic
 permutation sampling: each permutation's marginal contributions telescope to
 v(N) - v(empty), so the estimate conserves the return exactly, like the exact value.
+
+Words and spans are found in the decoded response text, not in each token decoded alone:
+a token alone may decode without the space the text has before it (a word-level
+tokenizer), or as half of a character (byte-level BPE).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from typing import Literal
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 
+from shaping.align import Span, decode_spans
 from shaping.attribution.base import Attributor
+from shaping.attribution.options import Choice, Integer, Options
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
 
 Unit = Literal["token", "word", "span"]
+UNITS = ("token", "word", "span")
+PLACEMENTS = ("last", "spread")
 SPAN_ENDS = (".", ",", ";", "?", "!")
 
 
-def _starts_player(previous: str, piece: str, unit: Unit) -> bool:
-    if unit == "word":  # a new word: leading space, or punctuation standing alone
-        return piece[:1].isspace() or not piece.strip().isalnum()
-    if unit == "span":  # a new span after a delimiter
-        return previous.strip().endswith(SPAN_ENDS)
-    return True
+def text_groups(text: str, unit: Literal["word", "span"]) -> list[int]:
+    """The word (or span) of each character of `text`, numbered in order.
+
+    A word starts at a non-space character after whitespace, and every punctuation mark is a
+    word of its own; a span starts after a run of `SPAN_ENDS` ("?!" and "..." cut once).
+    Whitespace belongs to what follows it, as a leading-space token does; trailing
+    whitespace to what precedes it.
+    """
+    groups, g = [], -1
+    previous, gap = "", True  # the last non-space character; whether whitespace followed it
+    for c in text:
+        if c.isspace():
+            gap = True
+        else:
+            if unit == "word":
+                g += int(gap or not c.isalnum() or not previous.isalnum())
+            else:
+                g += int(not previous or (previous in SPAN_ENDS and c not in SPAN_ENDS))
+            previous, gap = c, False
+        groups.append(g)
+    following = None
+    for p in reversed(range(len(text))):
+        if not text[p].isspace():
+            following = groups[p]
+        elif following is not None:
+            groups[p] = following
+    return groups
 
 
-def player_ids(pieces: list[str], unit: Unit) -> torch.Tensor:
-    """(T,) the player of each token (its decoded text in `pieces`), numbered from 0."""
-    ids = [0]
-    for previous, piece in itertools.pairwise(pieces):
-        ids.append(ids[-1] + int(_starts_player(previous, piece, unit)))
-    return torch.tensor(ids[: len(pieces)])
+def player_ids(text: str, spans: Sequence[Span], unit: Unit) -> torch.Tensor:
+    """(T,) the player of each token, numbered from 0, from its character span in the
+    decoded response `text` (`shaping.align.decode_spans`).
+
+    A token starts a new word or span when its first character does; a token with no
+    character of its own (an empty span: the second half of a character, or a special
+    token) joins the player before it.
+    """
+    if unit == "token":
+        return torch.arange(len(spans))
+    groups = text_groups(text, unit)
+    ids, player, current = [], 0, None
+    for start, end in spans:
+        if start < min(end, len(groups)):
+            if current is not None and groups[start] != current:
+                player += 1
+            current = groups[start]
+        ids.append(player)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def exact_shapley(values: torch.Tensor, M: int) -> torch.Tensor:
@@ -63,6 +105,14 @@ class ShapleyAttributor(Attributor):
     name = "shapley"
     conserves = True
 
+    options: ClassVar[Options] = {
+        "unit": Choice(UNITS),
+        "max_exact_players": Integer(1, 16, why="exact values score 2^M rows"),
+        "permutations": Integer(2, even=True, why="antithetic pairs"),
+        "placement": Choice(PLACEMENTS),
+        "seed": Integer(-(2**63), 2**64 - 1, why="torch.Generator's range"),
+    }
+
     def __init__(
         self,
         scorer: RewardScorer,
@@ -72,24 +122,24 @@ class ShapleyAttributor(Attributor):
         placement: Literal["last", "spread"] = "last",
         seed: int = 0,
     ) -> None:
+        self.check_options(
+            unit=unit,
+            max_exact_players=max_exact_players,
+            permutations=permutations,
+            placement=placement,
+            seed=seed,
+        )
         super().__init__(scorer)
-        if unit not in ("token", "word", "span"):
-            raise ValueError(f"unit={unit!r}; choose token, word or span")
-        if placement not in ("last", "spread"):
-            raise ValueError(f"placement={placement!r}; choose last or spread")
-        if permutations < 2 or permutations % 2:
-            raise ValueError(
-                f"permutations={permutations} must be even and >= 2 (antithetic pairs)"
-            )
-        if not 1 <= max_exact_players <= 16:
-            raise ValueError(f"max_exact_players={max_exact_players}; choose 1..16 (2^M rows)")
         self.unit, self.placement = unit, placement
         self.max_exact_players, self.permutations = max_exact_players, permutations
         self.generator = torch.Generator().manual_seed(seed)
 
     def players(self, batch: RolloutBatch, i: int) -> torch.Tensor:
-        pieces = [str(self.scorer.rm.tokenizer.decode([t])) for t in batch.response(i)]
-        return player_ids(pieces, self.unit)
+        """(T_i,) the player of each token of response i."""
+        if self.unit == "token":
+            return torch.arange(int(batch.lengths[i]))
+        _, text, spans = decode_spans(self.scorer.rm.tokenizer, batch.prompt(i), batch.response(i))
+        return player_ids(text, spans, self.unit)
 
     def _coalitions(self, M: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Player-level coalitions (K, M) and, when sampled, the permutations (N, M)."""

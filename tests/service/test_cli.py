@@ -1,12 +1,14 @@
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from trainers.tasks.imdb.prepare import Prepared
+from trainers.tasks.imdb.config import SIZES, PrepareConfig
+from trainers.tasks.imdb.prepare import STAGES, Prepared, task_root
 
 runner = CliRunner()
 
@@ -21,6 +23,19 @@ def test_prepare_reports_cached_stages_as_json(tiny_home: Path, tiny_prepared: P
     assert not any(s["built"] for s in summary["stages"].values())
     assert summary["cache_bytes"] > 0
     assert summary["report"]["rm_accuracy_reviews"] == tiny_prepared.report["rm_accuracy_reviews"]
+
+
+def test_prepare_shows_a_bar_row_per_stage(tmp_path: Path, tiny_prepared: Prepared) -> None:
+    root = task_root(tmp_path, PrepareConfig(size="tiny"))
+    shutil.copytree(tiny_prepared.root, root)
+    shutil.rmtree(root / "reward_model")  # rebuilt; every other stage is cached
+    result = runner.invoke(app, ["prepare", "--size", "tiny", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    # The bar's rows start a line; the summary table's rows start with a border.
+    steps = SIZES["tiny"].rm_steps
+    assert re.search(rf"^reward_model .* {steps}/{steps} ", result.output, re.MULTILINE)
+    for stage in (s for s in STAGES if s != "reward_model"):
+        assert re.search(rf"^{stage} \(cached\) .* 1/1 ", result.output, re.MULTILINE), stage
 
 
 def test_prepare_refuses_unknown_size(tmp_path: Path) -> None:

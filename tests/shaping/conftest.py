@@ -38,3 +38,59 @@ def batch(task: SyntheticTask, rm: SyntheticReward) -> RolloutBatch:
     lengths = [6, 3, 1, 5]  # ragged, with T = 1
     responses = [torch.randint(3, len(task.tokenizer), (n,), generator=g).tolist() for n in lengths]
     return make_batch(rm, prompts, responses)
+
+
+class PoisonedReward:
+    """The synthetic RM, but NaN for every row that holds `poison` (and, scoring prefixes,
+    for every prefix from it on): an RM that breaks on one text."""
+
+    def __init__(self, rm: SyntheticReward, poison: int) -> None:
+        self.rm, self.poison = rm, poison
+        self.tokenizer, self.mask_token_id, self.causal = rm.tokenizer, rm.mask_token_id, True
+
+    def _seen(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return ((ids == self.poison) & mask.bool()).cumsum(dim=1) > 0  # (B, T)
+
+    def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hit = self._seen(ids, mask)[:, -1]
+        return self.rm.scores(ids, mask).masked_fill(hit, float("nan"))
+
+    def prefix_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.rm.prefix_scores(ids, mask).masked_fill(self._seen(ids, mask), float("nan"))
+
+    def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hit = self._seen(ids, mask)[:, -1:]
+        return self.rm.attentions(ids, mask).masked_fill(hit, float("nan"))
+
+
+class NonCausalReward:
+    """The synthetic RM as a non-causal one (an encoder's [CLS] score): no prefix scores."""
+
+    def __init__(self, rm: SyntheticReward) -> None:
+        self.rm = rm
+        self.tokenizer, self.mask_token_id, self.causal = rm.tokenizer, rm.mask_token_id, False
+
+    def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.rm.scores(ids, mask)
+
+    def prefix_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise TypeError("a non-causal RM scores no prefixes")
+
+    def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.rm.attentions(ids, mask)
+
+
+@pytest.fixture
+def poisoned(task: SyntheticTask, rm: SyntheticReward) -> tuple[PoisonedReward, RolloutBatch]:
+    """An RM that returns NaN for rows holding one word, and a batch (scored by the healthy
+    RM) where only response 1 holds it."""
+    prompts = task.prompts("train")[:3]
+    words = sorted(set(range(3, len(task.tokenizer))) - {t for p in prompts for t in p})
+    poison, a, b, c = words[:4]
+    batch = make_batch(rm, prompts, [[a, b, c, a], [b, a, poison, c], [c, b]])
+    return PoisonedReward(rm, poison), batch
+
+
+@pytest.fixture
+def non_causal_rm(rm: SyntheticReward) -> NonCausalReward:
+    return NonCausalReward(rm)

@@ -5,7 +5,7 @@ import torch
 
 from shaping.attribution import make_attributor
 from shaping.batch import BatchError, RolloutBatch
-from shaping.scorer import RewardScorer
+from shaping.scorer import NonFiniteRewardError, RewardScorer
 from shaping.shape import check_weights, shape_rewards
 
 
@@ -54,6 +54,19 @@ def test_red_reads_its_prefixes_from_the_scoring_pass(rm, batch: RolloutBatch) -
     shared.score_responses(prompts[:1], responses[:1])
     red.attribute(batch)
     assert shared.stats.rows == batch.size + 1 + (batch.size - 1)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_non_finite_score_is_refused_naming_the_response(causal: bool, poisoned) -> None:
+    bad_rm, batch = poisoned  # response 1 holds the word the RM gives NaN for
+    bad_rm.causal = causal  # the two ways a score is read: last prefix score, or a plain one
+    prompts = [batch.prompt(i) for i in range(batch.size)]
+    responses = [batch.response(i) for i in range(batch.size)]
+    text = bad_rm.tokenizer.decode(responses[1])
+    message = rf"nan for response 1 \({text!r}; its score R\), asked for by method 'score'"
+    with pytest.raises(NonFiniteRewardError, match=message) as caught:
+        RewardScorer(bad_rm).score_responses(prompts, responses)
+    assert (caught.value.response, caught.value.method) == (1, "score")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import torch
 from scipy.cluster.hierarchy import is_valid_linkage, leaves_list
 
 from shaping.attribution import make_attributor
+from shaping.attribution.lime_explainer import MASK_WORD, LimeAttributor
 from shaping.attribution.shap_explainer import span_tree
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
@@ -142,11 +143,45 @@ class CountingScorer(RewardScorer):
 def test_lime_scores_all_samples_of_a_response_in_one_request(rm, batch) -> None:
     scorer = CountingScorer(rm)
     make_attributor("lime", scorer, num_samples=200).attribute(batch)
-    # One request per response (its unique samples, <= 200), then one for every v(empty).
-    assert len(scorer.requests) == batch.size + 1
-    assert all(n > 1 for n in scorer.requests[:-1]) and scorer.requests[-1] == batch.size
-    assert scorer.stats.forwards <= batch.size + 1
+    # One request per response: its unique samples (<= 200) and v(empty), the offset.
+    assert len(scorer.requests) == batch.size
+    assert all(n > 1 for n in scorer.requests)
+    assert scorer.stats.forwards <= batch.size
     assert scorer.stats.rows > 5 * scorer.stats.forwards
+
+
+@pytest.mark.parametrize(("batch_name", "num_samples"), [("batch", 50), ("long_batch", 5)])
+def test_lime_scores_each_coalition_once_the_empty_one_included(
+    batch_name: str, num_samples: int, rm, request
+) -> None:
+    """Rows = the distinct coalitions LIME drew, plus v(empty) only where LIME did not draw
+    it, less the full coalition (the batch's R)."""
+    batch = request.getfixturevalue(batch_name)
+    scorer = RewardScorer(rm)
+    lime = make_attributor("lime", scorer, num_samples=num_samples)
+    assert isinstance(lime, LimeAttributor)
+    drawn: list[set[tuple[bool, ...]]] = []  # per response, the coalitions LIME asked for
+    explain = lime.explainer.explain_instance
+
+    def recording_explain(text, classifier_fn, **kwargs):
+        def recording(texts):
+            drawn.append({tuple(w != MASK_WORD for w in s.split(" ")) for s in texts})
+            return classifier_fn(texts)
+
+        return explain(text, recording, **kwargs)
+
+    lime.explainer.explain_instance = recording_explain
+    credits = lime.attribute(batch)
+    empty = [(False,) * int(T) for T in batch.lengths]
+    full = [(True,) * int(T) for T in batch.lengths]
+    if batch_name == "batch":  # LIME drew the empty coalition itself: it costs no extra row
+        assert all(e in d for e, d in zip(empty, drawn, strict=True))
+    else:  # it did not: one row for it
+        assert not any(e in d for e, d in zip(empty, drawn, strict=True))
+    needed = [(d | {e}) - {f} for d, e, f in zip(drawn, empty, full, strict=True)]
+    assert scorer.stats.rows == sum(map(len, needed))
+    target = batch.scores - empty_values(rm, batch)
+    torch.testing.assert_close(credits.sum(1), target, atol=1e-4, rtol=0)
 
 
 def test_shap_partition_scores_a_tree_level_per_request(rm, long_batch) -> None:
@@ -184,12 +219,16 @@ def test_span_tree_is_a_balanced_tree_of_contiguous_spans(T: int) -> None:
         (
             "shap",
             {"algorithm": "exact"},
-            "algorithm='exact'; choose one of partition, permutation, kernel",
+            r"shap\.algorithm='exact' is invalid \(give one of 'partition', 'permutation', 'kernel'",
         ),
-        ("shap", {"max_evals": 2}, "max_evals=2 must be an integer >= 3"),
-        ("shap", {"max_evals": 50.0}, "max_evals=50.0 must be an integer"),
-        ("lime", {"num_samples": 1}, "num_samples=1 must be an integer >= 2"),
-        ("lime", {"num_features": 3}, "method 'lime'.*num_features"),
+        ("shap", {"max_evals": 2}, r"shap\.max_evals=2 is invalid \(give an integer >= 3"),
+        ("shap", {"max_evals": 50.0}, r"shap\.max_evals=50\.0 is invalid"),
+        ("lime", {"num_samples": 1}, r"lime\.num_samples=1 is invalid \(give an integer >= 2"),
+        (
+            "lime",
+            {"num_features": 3},
+            r"lime\.num_features is not an option \(the options of 'lime': num_samples, seed\)",
+        ),
     ],
 )
 def test_bad_options_are_refused(name: str, options: dict, message: str, rm) -> None:

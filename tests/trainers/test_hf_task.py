@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     GPT2ForSequenceClassification(
         GPT2Config(**{**config.to_dict(), "num_labels": 2})
     ).save_pretrained(root / "rm2")
+    tokenizer.save_pretrained(root / "rm2")
     ViTConfig(
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
     ).save_pretrained(root / "vit")
@@ -134,3 +136,56 @@ def test_required_options_are_named(tmp_path: Path) -> None:
 def test_unknown_task(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match=r"unknown task 'nope'.*hf.*imdb-sentiment.*synthetic"):
         make_task("nope", tmp_path)
+
+
+def _copy_models(models: dict[str, Path], tmp_path: Path) -> dict[str, str]:
+    import shutil
+
+    for role in ("policy", "rm"):
+        shutil.copytree(models[role], tmp_path / role)
+    return {
+        "policy": str(tmp_path / "policy"),
+        "reward_model": str(tmp_path / "rm"),
+        "prompts": str(models["prompts"]),
+    }
+
+
+def test_a_folder_without_tokenizer_files_is_named(models: dict[str, Path], tmp_path: Path) -> None:
+    options = _copy_models(models, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / "policy" / name).unlink(missing_ok=True)
+    with pytest.raises(TaskError, match=r"policy directory .*policy' has no tokenizer"):
+        make_task("hf", tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[: len(data) // 2], "are truncated: the header lists"),
+        (lambda data: data[:4], "are not a readable safetensors file .it has 4 bytes"),
+        (lambda data: (10**12).to_bytes(8, "little") + data[8:], "are not a .* header length"),
+        (lambda data: data[:8] + b"{not json" + data[17:], "are not a readable safetensors"),
+    ],
+)
+def test_damaged_safetensors_are_named_before_loading(
+    models: dict[str, Path], tmp_path: Path, damage: Any, message: str
+) -> None:
+    options = _copy_models(models, tmp_path)
+    weights = tmp_path / "rm" / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(TaskError, match=f"reward model weights .*model.safetensors' {message}"):
+        make_task("hf", tmp_path, **options)
+
+
+def test_max_response_length_comes_from_the_positions(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    task = make_task(
+        "hf",
+        tmp_path,
+        policy=str(models["policy"]),
+        reward_model=str(models["rm"]),
+        prompts=str(models["prompts"]),
+    )
+    longest = max(len(p) for split in ("train", "eval") for p in task.prompts(split))
+    assert task.max_response_length() == 64 - longest  # n_positions=64 in the fixture

@@ -11,7 +11,22 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trainers.tasks import TaskError, make_task
 from trainers.tasks.cache import RECORD, read_record
 from trainers.tasks.imdb.config import PrepareConfig
-from trainers.tasks.imdb.prepare import STAGES, Prepared, prepare
+from trainers.tasks.imdb.prepare import STAGES, Prepared, prepare, task_root
+
+Report = tuple[str, int, int, bool]  # (stage, done, total, cached)
+
+
+class Recorder:
+    """An `OnProgress` that keeps every report."""
+
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+
+    def __call__(self, stage: str, done: int, total: int, *, cached: bool = False) -> None:
+        self.reports.append((stage, done, total, cached))
+
+    def of(self, stage: str) -> list[Report]:
+        return [r for r in self.reports if r[0] == stage]
 
 
 def test_tiny_prepare_builds_every_stage(tiny_prepared: Prepared) -> None:
@@ -58,6 +73,40 @@ def test_second_prepare_is_a_no_op(tiny_home: Path, tiny_prepared: Prepared) -> 
     again = prepare(tiny_home, PrepareConfig(size="tiny"))
     assert not any(rec.built for rec in again.stages.values())
     assert again.report == tiny_prepared.report
+
+
+def test_a_build_reports_every_stage_from_zero_up_to_its_total(tmp_path: Path) -> None:
+    config = PrepareConfig(size="tiny")
+    progress = Recorder()
+    prepare(tmp_path, config, on_progress=progress)
+    assert list(dict.fromkeys(r[0] for r in progress.reports)) == list(STAGES)  # in order
+    for stage in STAGES:
+        reports = progress.of(stage)
+        (total,) = {r[2] for r in reports}
+        assert [r[1] for r in reports] == list(range(total + 1)), stage
+        assert not any(r[3] for r in reports), stage
+    assert progress.of("policy")[-1][2] == config.model.pretrain_steps
+    assert progress.of("reward_model")[-1][2] == config.model.rm_steps
+
+
+def test_cached_stages_are_reported_once_as_cached(
+    tmp_path: Path, tiny_home: Path, tiny_prepared: Prepared
+) -> None:
+    config = PrepareConfig(size="tiny")
+    cached = Recorder()
+    prepare(tiny_home, config, on_progress=cached)
+    assert cached.reports == [(stage, 1, 1, True) for stage in STAGES]
+    # Only the report is missing: the others are reported cached, in order, around its build.
+    root = task_root(tmp_path, config)
+    shutil.copytree(tiny_prepared.root, root)
+    shutil.rmtree(root / "report")
+    partly = Recorder()
+    prepare(tmp_path, config, on_progress=partly)
+    assert partly.reports == [
+        *((stage, 1, 1, True) for stage in STAGES[:-1]),
+        ("report", 0, 1, False),
+        ("report", 1, 1, False),
+    ]
 
 
 def test_a_cached_prepare_loads_no_model_library(tiny_home: Path, tiny_prepared: Prepared) -> None:

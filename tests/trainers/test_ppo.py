@@ -228,7 +228,7 @@ def test_a_nan_reward_stops_the_run_naming_step_and_phase() -> None:
     def report(step: int, metrics: dict[str, float]) -> None:
         rm.poisoned = step == 1
 
-    with pytest.raises(TrainingError, match=r"step 2, phase 'score': scores is not finite") as e:
+    with pytest.raises(TrainingError, match=r"step 2, phase 'score': .*nan.* response 0") as e:
         train(config(steps=3), task, Hooks(report=report))
     assert (e.value.step, e.value.phase) == (2, "score")
 

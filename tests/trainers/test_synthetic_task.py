@@ -117,3 +117,36 @@ def test_prompts_are_seeded_and_disjoint_splits() -> None:
 def test_bad_options(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(TaskError, match=message):
         make_task("synthetic", tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_words": "abc"}, r"n_words='abc' should be an integer"),
+        ({"train_prompts": 2.5}, r"train_prompts=2.5 should be an integer"),
+        ({"seed": True}, r"seed=True should be an integer"),
+        ({"interaction": float("nan")}, r"interaction=nan should be a finite number"),
+        ({"n_words": "abc", "seed": None}, r"n_words='abc' .*; seed=None should be"),
+    ],
+)
+def test_task_options_of_the_wrong_type_are_named(options: dict, message: str) -> None:
+    from trainers.config import ConfigError, TaskConfig
+
+    with pytest.raises(TaskError, match=message):
+        make_task("synthetic", Path("."), **options)
+    with pytest.raises(ConfigError, match=f"task.options: .*{message}"):
+        TaskConfig("synthetic", options)
+
+
+def test_a_response_longer_than_the_policy_takes_is_refused_before_loading() -> None:
+    from trainers.config import ConfigError, PPOConfig, TaskConfig, TrainConfig
+    from trainers.ppo import build_run, check_config
+
+    task = make_task("synthetic", Path("."), response_length=8)
+    assert task.max_response_length() == 8
+    ok = TrainConfig(task=TaskConfig("synthetic"), ppo=PPOConfig(response_length=8))
+    check_config(ok, task)
+    too_long = TrainConfig(task=TaskConfig("synthetic"), ppo=PPOConfig(response_length=9))
+    for check in (check_config, build_run):
+        with pytest.raises(ConfigError, match=r"ppo.response_length=9 .*give at most 8"):
+            check(too_long, task)

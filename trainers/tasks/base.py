@@ -59,6 +59,11 @@ class Task(ABC):
     @abstractmethod
     def info(self) -> TaskInfo: ...
 
+    def max_response_length(self) -> int | None:
+        """Most response tokens the task's models can take after its longest prompt (their
+        position embeddings end there); None where no limit is known."""
+        return None
+
 
 def check_response_length(value: int, limit: int = 128) -> int:
     if not 1 <= value <= limit:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from transformers import (
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -27,6 +29,8 @@ from shaping.reward_model import HFRewardModel
 from trainers.tasks.base import Split, Task, TaskError, TaskInfo, check_response_length
 
 PROMPT_FIELDS = ("prompt", "text", "query")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+"""One of these makes a folder's tokenizer loadable (fast, BPE, WordPiece, SentencePiece)."""
 _WEIGHTS = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -55,14 +59,67 @@ def _model_dir(
         )
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise TaskError(f"{role} config in {str(folder)!r} cannot be read: {e}") from e
     if config.model_type not in mapping:
         raise TaskError(
             f"{role} in {str(folder)!r} is a {config.model_type!r} model, which "
             f"{auto_class} cannot load; give a model of a type it supports"
         )
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights, role)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise TaskError(
+            f"{role} directory {str(folder)!r} has no tokenizer (looked for "
+            f"{', '.join(TOKENIZER_FILES)}); save it beside the model with "
+            "`tokenizer.save_pretrained`"
+        )
     return folder, config
+
+
+def _positions(config: PretrainedConfig) -> int | None:
+    """The longest row a model's position embeddings take, where its config says."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_safetensors(path: Path, role: str) -> None:
+    """Read a safetensors file's header and check that the file holds every tensor it lists:
+    a truncated or corrupt file is named here, not when every trial fails to load it."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"it has {len(head)} bytes, fewer than a header's 8")
+            n = struct.unpack("<Q", head)[0]
+            if not 0 < n <= min(size - 8, 100 * 2**20):
+                raise ValueError(f"its header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+        raise TaskError(
+            f"{role} weights {str(path)!r} are not a readable safetensors file ({e}); "
+            "save the model again with `save_pretrained`"
+        ) from None
+    if 8 + n + max(ends, default=0) > size:
+        raise TaskError(
+            f"{role} weights {str(path)!r} are truncated: the header lists "
+            f"{8 + n + max(ends)} bytes, the file has {size}; copy or save it again"
+        )
+
+
+def _load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise TaskError(f"{role} tokenizer in {str(folder)!r} cannot be loaded: {e}") from e
+    return tokenizer
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -120,7 +177,7 @@ class HFTask(Task):
         mask_token_id: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.policy_dir, _ = _model_dir(
+        self.policy_dir, policy_config = _model_dir(
             policy, "policy", MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "AutoModelForCausalLM"
         )
         self.rm_dir, rm_config = _model_dir(
@@ -135,8 +192,8 @@ class HFTask(Task):
                 "outputs; a reward model has one (num_labels=1)"
             )
         self.response_length = check_response_length(response_length)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.policy_dir, local_files_only=True)
-        self.rm_tokenizer = AutoTokenizer.from_pretrained(self.rm_dir, local_files_only=True)
+        self.tokenizer = _load_tokenizer(self.policy_dir, "policy")
+        self.rm_tokenizer = _load_tokenizer(self.rm_dir, "reward model")
         self.mask_token_id = mask_token_id
         texts = read_prompts(prompts)
         ids = self.tokenizer(texts)["input_ids"]
@@ -148,6 +205,15 @@ class HFTask(Task):
             "train": [ids[i] for i in order[n_eval:]],
         }
         self.prompt_file = str(prompts)
+        positions = [_positions(c) for c in (policy_config, rm_config)]
+        longest = max(len(p) for rows in self._prompts.values() for p in rows)
+        known = [n for n in positions if n is not None]
+        # The RM may count the same text in more tokens than the policy does: a limit from
+        # its positions is an estimate, and a run still fails cleanly past it.
+        self._max_response = min(known) - longest if known else None
+
+    def max_response_length(self) -> int | None:
+        return self._max_response
 
     def load_policy(self) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(

@@ -169,6 +169,9 @@ class SyntheticTask(Task):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [self.tokenizer.bos_token_id, *ids]
 
+    def max_response_length(self) -> int:
+        return self.response_length  # the policy's positions end there (`load_policy`)
+
     def info(self) -> TaskInfo:
         return TaskInfo(
             self.name,

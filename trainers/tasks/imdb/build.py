@@ -9,7 +9,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ from shaping.reward_model import head_prefix_scores
 from trainers.tasks.imdb.config import SPECIAL_TOKENS, ModelSize
 
 logger = logging.getLogger(__name__)
+
+StepReport = Callable[[int, int], None]
+"""Called after every training step with (steps done, steps in all)."""
+
+
+def _no_report(done: int, total: int) -> None:
+    return None
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -128,6 +135,7 @@ def pretrain_policy(
     tokenizer: PreTrainedTokenizerFast,
     docs: Sequence[Sequence[int]],
     seed: int,
+    on_step: StepReport = _no_report,
 ) -> tuple[GPT2LMHeadModel, dict[str, Any]]:
     """Next-token pretraining on random windows of the concatenated training documents."""
     torch.manual_seed(seed)
@@ -152,6 +160,7 @@ def pretrain_policy(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
+        on_step(step + 1, size.pretrain_steps)
         if step % 100 == 0 or step == size.pretrain_steps - 1:
             rate = (step + 1) * size.pretrain_batch * block / (time.perf_counter() - started)
             logger.info(
@@ -242,6 +251,7 @@ def train_reward_model(
     seed: int,
     mask_share: float,
     max_mask_rate: float,
+    on_step: StepReport = _no_report,
 ) -> tuple[GPT2ForSequenceClassification, dict[str, Any]]:
     """Fine-tune policy + scalar head on the sentiment labels.
 
@@ -282,6 +292,7 @@ def train_reward_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         seen += int(attn.sum())
+        on_step(step + 1, size.rm_steps)
         if step % 100 == 0 or step == size.rm_steps - 1:
             rate = seen / (time.perf_counter() - started)
             logger.info(

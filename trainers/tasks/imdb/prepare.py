@@ -7,6 +7,9 @@ Stages, each cached and validated on its own (see `trainers.tasks.cache`):
     policy       GPT-2 pretrained on review text: the "SFT" model
     reward_model the policy + a scalar head, fine-tuned on the sentiment labels
     report       held-out perplexity, RM accuracy, agreement with VADER, sample continuations
+
+`prepare` reports its progress to an `OnProgress` callback, so that the CLI can draw it
+without this layer knowing how.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from trainers.tasks import cache
 from trainers.tasks.imdb.config import PrepareConfig
@@ -23,6 +26,22 @@ from trainers.tasks.imdb.data import corpus_sha256
 
 TASK_NAME = "imdb-sentiment"
 STAGES = ("data", "tokenizer", "policy", "reward_model", "report")
+
+
+class OnProgress(Protocol):
+    """Hears how far `prepare` is in `stage`: `done` of `total` steps (training steps for
+    the policy and the reward model; 1 for a stage built in one go).
+
+    A stage that is built is reported from `done=0` when it starts up to `done=total` when
+    it ends; a stage reused from the cache is reported once, `cached=True` with
+    `done == total`.
+    """
+
+    def __call__(self, stage: str, done: int, total: int, *, cached: bool = False) -> None: ...
+
+
+def no_progress(stage: str, done: int, total: int, *, cached: bool = False) -> None:
+    """The default `OnProgress`: report nothing."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +101,13 @@ def stage_keys(config: PrepareConfig, threads: int) -> dict[str, dict[str, Any]]
     return keys
 
 
-def prepare(home: Path, config: PrepareConfig, *, force: bool = False) -> Prepared:
+def prepare(
+    home: Path,
+    config: PrepareConfig,
+    *,
+    force: bool = False,
+    on_progress: OnProgress = no_progress,
+) -> Prepared:
     """Build (or reuse) every stage of the task under `home`; return their records.
 
     When every stage is cached and valid nothing heavier than hashing runs: torch and
@@ -97,8 +122,10 @@ def prepare(home: Path, config: PrepareConfig, *, force: bool = False) -> Prepar
     )
     if all(cached.get(name) for name in STAGES):
         stages = {name: record for name, record in cached.items() if record is not None}
+        for name in STAGES:
+            on_progress(name, 1, 1, cached=True)
         return Prepared(root, stages, time.perf_counter() - started)
     from trainers.tasks.imdb.stages import build_stages
 
-    stages = build_stages(root, config, keys, threads, force=force)
+    stages = build_stages(root, config, keys, threads, force, on_progress)
     return Prepared(root, stages, time.perf_counter() - started)

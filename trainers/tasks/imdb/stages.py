@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,9 +34,17 @@ from trainers.tasks.imdb.data import (
     write_jsonl,
 )
 
+if TYPE_CHECKING:
+    from trainers.tasks.imdb.prepare import OnProgress
+
 
 def build_stages(
-    root: Path, config: PrepareConfig, keys: dict[str, dict[str, Any]], threads: int, force: bool
+    root: Path,
+    config: PrepareConfig,
+    keys: dict[str, dict[str, Any]],
+    threads: int,
+    force: bool,
+    on_progress: OnProgress,
 ) -> dict[str, cache.StageRecord]:
     """Build every stage that is not cached and valid, in order, each from the one before."""
     saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -44,7 +52,7 @@ def build_stages(
     # CPU kernels are deterministic for a fixed thread count; make any exception loud.
     torch.use_deterministic_algorithms(True)
     root.mkdir(parents=True, exist_ok=True)
-    builder = Builder(config, root)
+    builder = Builder(config, root, on_progress)
     steps = {
         "data": builder.data,
         "tokenizer": builder.tokenizer_stage,
@@ -52,11 +60,13 @@ def build_stages(
         "reward_model": builder.reward_model,
         "report": builder.report,
     }
+    records: dict[str, cache.StageRecord] = {}
     try:
-        return {
-            name: cache.cached_stage(root, name, keys[name], step, force=force)
-            for name, step in steps.items()
-        }
+        for name, step in steps.items():
+            records[name] = cache.cached_stage(root, name, keys[name], step, force=force)
+            if not records[name].built:
+                on_progress(name, 1, 1, cached=True)
+        return records
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
@@ -65,10 +75,12 @@ def build_stages(
 class Builder:
     """The build step of each stage. Stages are built in order and each is in place under
     `root` once built, so a step reads its inputs from there; inputs are computed lazily,
-    only if a stage that needs them is rebuilt."""
+    only if a stage that needs them is rebuilt. Each step reports its progress from 0 up to
+    its total (see `OnProgress`)."""
 
-    def __init__(self, config: PrepareConfig, root: Path) -> None:
+    def __init__(self, config: PrepareConfig, root: Path, on_progress: OnProgress) -> None:
         self.config = config
+        self.on_progress = on_progress
         self.size = config.model
         self.data_dir = root / "data"
         self.tokenizer_dir = root / "tokenizer"
@@ -94,8 +106,10 @@ class Builder:
         return build.encode(self.tokenizer, [e.text for e in self.splits.train])
 
     def data(self, out: Path) -> dict[str, Any]:
+        self.on_progress("data", 0, 1)
         write_jsonl(out / "heldout.jsonl", self.splits.heldout)
         write_jsonl(out / "validation.jsonl", self.splits.validation)
+        self.on_progress("data", 1, 1)
         return {
             "train": len(self.splits.train),
             "validation": len(self.splits.validation),
@@ -103,19 +117,28 @@ class Builder:
         }
 
     def tokenizer_stage(self, out: Path) -> dict[str, Any]:
+        self.on_progress("tokenizer", 0, 1)
         texts = [e.text for e in self.splits.train]
         build.train_tokenizer(texts, self.size.vocab_size).save_pretrained(out)
+        self.on_progress("tokenizer", 1, 1)
         return {"vocab_size": self.size.vocab_size, "docs": len(texts)}
 
     def policy(self, out: Path) -> dict[str, Any]:
+        # Reported before the training texts are encoded: that alone takes seconds.
+        self.on_progress("policy", 0, self.size.pretrain_steps)
         model, info = build.pretrain_policy(
-            self.size, self.tokenizer, self.train_ids, self.config.seed
+            self.size,
+            self.tokenizer,
+            self.train_ids,
+            self.config.seed,
+            on_step=partial(self.on_progress, "policy"),
         )
         model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         return info
 
     def reward_model(self, out: Path) -> dict[str, Any]:
+        self.on_progress("reward_model", 0, self.size.rm_steps)
         train = self.splits.train
         pairs = [(ids, e.label) for ids, e in zip(self.train_ids, train, strict=True)]
         reviews = [p for p, e in zip(pairs, train, strict=True) if e.source == "imdb"]
@@ -129,12 +152,14 @@ class Builder:
             self.config.seed,
             self.config.rm_mask_rows,
             self.config.rm_max_mask_rate,
+            on_step=partial(self.on_progress, "reward_model"),
         )
         model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         return info
 
     def report(self, out: Path) -> dict[str, Any]:
+        self.on_progress("report", 0, 1)
         heldout = read_jsonl(self.data_dir / "heldout.jsonl")
         reviews = [e for e in heldout if e.source == "imdb"][: self.size.eval_reviews or None]
         sentences = [e for e in heldout if e.source != "imdb"][: self.size.eval_sentences or None]
@@ -142,6 +167,7 @@ class Builder:
             self.policy_dir, self.rm_dir, self.tokenizer, reviews, sentences, self.config.seed
         )
         (out / "report.json").write_text(json.dumps(info, indent=2))
+        self.on_progress("report", 1, 1)
         return info
 
 
@@ -197,8 +223,7 @@ def sample_continuations(
             tokenizer.bos_token_id,
             *build.encode(tokenizer, [review.text])[0][:prompt_tokens],
         ]
-        # transformers types generate's self as a protocol GPT2LMHeadModel does not declare.
-        ids = policy.generate(  # type: ignore[misc]
+        ids = policy.generate(
             torch.tensor([prompt]),
             do_sample=True,
             top_k=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -88,6 +89,11 @@ class ImdbSentimentTask(Task):
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [self.tokenizer.bos_token_id, *ids]
+
+    def max_response_length(self) -> int:
+        # Read from the policy's config.json alone: no weights are loaded to check a spec.
+        config = json.loads((self.root / "policy" / "config.json").read_text(encoding="utf-8"))
+        return int(config["n_positions"]) - (self.prompt_tokens + 1)  # + 1: the BOS token
 
     def gold(self, texts: Sequence[str]) -> np.ndarray:
         return vader_compound(texts)

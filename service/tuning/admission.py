@@ -1,0 +1,72 @@
+"""One admission path: whether a valid spec can run here, asked before anything is written.
+
+`parse_spec` checks what the spec alone decides (types, ranges, the inner run at both ends of
+every knob). This adds what needs the machine: the task built with its options (its files
+and model folders checked, no weights loaded), each inner run checked by the trainer's own
+`check_config` (device, response length against the models' positions), the study
+database's URL, and the executor with the resources the spec asks for. `shapetune run`,
+`resume`, `reevaluate`, the API and the service's coordinator all admit through here, so a
+spec is refused the same way everywhere: a `SpecError` naming every problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.executor import Executor, check_resources, make_executor
+from service.store.db import StoreError, check_url
+from service.tuning.spec import SpecError, StudySpec, corner_configs
+from trainers.config import ConfigError
+from trainers.ppo import check_config
+from trainers.tasks import TaskError, make_task
+
+
+def check_runnable(spec: StudySpec, home: Path) -> None:
+    """Raise `SpecError` unless every inner run of `spec` can be built on this machine."""
+    try:
+        task = make_task(spec.task.name, home, **spec.task.options)
+    except TaskError as e:
+        raise SpecError([f"task: {e}"]) from None
+    problems: list[str] = []
+    for config in corner_configs(spec):
+        try:
+            check_config(config, task)
+        except ConfigError as e:
+            if f"inner: {e}" not in problems:
+                problems.append(f"inner: {e}")
+    if problems:
+        raise SpecError(problems)
+
+
+def check_resources_here(spec: StudySpec, executor: str | None) -> None:
+    """`SpecError` unless the executor can give an inner run the spec's resources, as far as
+    this process tells without starting one (the API's check; `admit_executor` builds it)."""
+    try:
+        check_resources(
+            executor or spec.executor, cpus=spec.resources.cpus, gpus=spec.resources.gpus
+        )
+    except ValueError as e:
+        raise SpecError([f"executor: {e}"]) from None
+
+
+def check_storage(url: str) -> None:
+    """Raise `SpecError` unless `url` names a database this install can open."""
+    try:
+        check_url(url)
+    except StoreError as e:
+        raise SpecError([str(e)]) from None
+
+
+def admit_executor(spec: StudySpec, name: str | None, ray_address: str | None) -> Executor:
+    """The spec's executor (or `name`), sized by its resources; `SpecError` if it cannot be
+    had (an unknown name, more CPUs or GPUs per run than the cluster has)."""
+    try:
+        return make_executor(
+            name or spec.executor,
+            cpus=spec.resources.cpus,
+            gpus=spec.resources.gpus,
+            workers=spec.resources.workers,
+            ray_address=ray_address,
+        )
+    except (ValueError, RuntimeError, ConnectionError) as e:
+        raise SpecError([f"executor: {e}"]) from None
