@@ -34,7 +34,7 @@ def one_study(sampler: str, seed: int, trials: int) -> dict[str, Any]:
     import torch
 
     from service.executor import InlineExecutor
-    from service.tuning.report import study_report
+    from service.tuning import read
     from service.tuning.spec import parse_spec
     from service.tuning.study import run_study
 
@@ -59,8 +59,8 @@ def one_study(sampler: str, seed: int, trials: int) -> dict[str, Any]:
         started = time.perf_counter()
         run_study(spec, url, Path(home), InlineExecutor())
         seconds = time.perf_counter() - started
-        rows = [t for t in study_report(url, spec.name)["trials"] if t["state"] == "COMPLETE"]
-    values = [t["value"] for t in sorted(rows, key=lambda t: t["number"])]
+        rows = [t for t in read.trials(url, spec.name).data if t.state == "COMPLETE"]
+    values = [t.value for t in sorted(rows, key=lambda t: t.number)]
     best = [max(values[: i + 1]) for i in range(len(values))]
     return {
         "sampler": sampler,

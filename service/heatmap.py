@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from service.formatting import number
+
 SHAPED = "shaped mix"
 """The row that mixes the methods' credits with a trial's weights."""
 
@@ -76,7 +78,7 @@ def sample_table(sample: dict[str, Any]) -> str:
             sample["shaped"], sum(m["rm_rows"] for m in used), sum(m["seconds"] for m in used)
         )
     )
-    labels = [f"{m['method']} (w {m['weight']:.2f})" for m in methods] + [SHAPED]
+    labels = [f"{m['method']} (w {number(m['weight'], 2)})" for m in methods] + [SHAPED]
     return heatmap_table(sample["tokens"], rows, labels)
 
 

@@ -1,8 +1,11 @@
 """Checkpoints of an inner run: one file, replaced atomically, holding everything the run
-needs to continue as if it had never stopped (weights, optimizer, every RNG, progress)."""
+needs to continue as if it had never stopped (weights, optimizer, every RNG, progress);
+and the run's result beside it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -12,8 +15,60 @@ import numpy as np
 import torch
 
 from shaping.shaper import Shaper
+from trainers.config import RESUMABLE_CHANGES, ConfigError
+from trainers.models import Run
 
 CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+"""What a run with a `run_dir` leaves beside its checkpoint: the `TrainResult` as JSON."""
+
+log = logging.getLogger(__name__)
+
+
+def save_run(run: Run, progress: dict[str, Any], run_dir: Path) -> None:
+    """Checkpoint the run's weights, optimizer and RNGs, with its `progress` (plain values:
+    `trainers.ppo.Progress.state`)."""
+    state = {
+        "config": run.config.to_dict(),
+        "policy": run.policy.state_dict(),
+        "value": run.value.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": rng_states(),
+        "attributor_rng": attributor_rng_states(run.shaper),
+        "progress": progress,
+    }
+    save(state, run_dir)
+    log.info("checkpoint at step %d in %s", progress["step"], run_dir)
+
+
+def resume(run: Run, run_dir: Path) -> dict[str, Any] | None:
+    """Restore the run's weights, optimizer and RNGs from its folder's checkpoint, and return
+    the progress saved with them; None when there is no checkpoint."""
+    state = load(run_dir)
+    if state is None:
+        return None
+    mine, theirs = run.config.to_dict(), state["config"]
+    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+    if changed:
+        raise ConfigError(
+            f"run_dir={str(run_dir)!r} holds a run with another configuration (differs in "
+            f"{changed}); give a new run_dir, or the same configuration to resume it"
+        )
+    run.policy.load_state_dict(state["policy"])
+    run.value.load_state_dict(state["value"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    set_rng_states(state["rng"])
+    set_attributor_rng_states(run.shaper, state["attributor_rng"])
+    progress: dict[str, Any] = state["progress"]
+    log.info("resumed %s at step %d", run_dir, progress["step"])
+    return progress
+
+
+def save_result(result: dict[str, Any], run_dir: Path) -> None:
+    """Write the run's result (`TrainResult` as a dict) beside its checkpoint, atomically."""
+    tmp = run_dir / f".{RESULT}.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, run_dir / RESULT)
 
 
 def rng_states() -> dict[str, Any]:

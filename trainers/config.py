@@ -6,7 +6,6 @@ field, the value given, and what would be valid.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Mapping
@@ -39,12 +38,6 @@ def _positive_int(name: str, value: Any) -> None:
 def _in_range(name: str, value: Any, low: float, high: float) -> None:
     ok = isinstance(value, int | float) and math.isfinite(value) and low <= value <= high
     _check(ok, name, value, f"give a number in [{low:g}, {high:g}]")
-
-
-def method_options(name: str) -> list[str]:
-    """The options an attribution method takes (its constructor's keywords)."""
-    params = inspect.signature(ATTRIBUTORS[name].__init__).parameters
-    return [k for k in params if k not in ("self", "scorer")]
 
 
 @dataclass(frozen=True)
@@ -222,6 +215,15 @@ class TrainConfig:
             self.device,
             "choose auto, cpu, cuda, cuda:N or mps",
         )
+
+    def method_options(self) -> dict[str, dict[str, Any]]:
+        """The attributors' options as configured; a weighted method that takes a `seed`
+        and was given none gets the run's, so that it draws the same on every resume."""
+        options = {k: dict(v) for k, v in self.shaping.options.items()}
+        for method in self.shaping.weights:
+            if "seed" in ATTRIBUTORS[method].options:
+                options.setdefault(method, {}).setdefault("seed", self.seed)
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,5 +1,6 @@
-"""The networks of a PPO run: sampling and scoring with the policy, the value model, and
-the reward model placed on the run's device.
+"""The networks of a PPO run: sampling and scoring with the policy, the value model, the
+reward model placed on the run's device, and `Run`, which holds them with the other pieces
+of one run.
 
 Sequences are laid out as TRL lays them out: prompts left-padded to width P, responses
 right-padded to width T, `query_responses` = (B, P + T). Logits at positions P-1 .. P+T-2
@@ -17,7 +18,9 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from shaping.reward_model import HFRewardModel, RewardModel
-from trainers.config import ConfigError, PPOConfig
+from shaping.scorer import RewardScorer
+from shaping.shaper import Shaper
+from trainers.config import ConfigError, PPOConfig, TrainConfig
 from trainers.tasks.base import Task
 
 
@@ -234,3 +237,28 @@ class DeviceRewardModel:
 
     def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rm.attentions(ids.to(self.device), mask.to(self.device))
+
+
+@dataclass(kw_only=True)
+class Run:
+    """The networks and the pieces of one run, as `trainers.ppo.build_run` builds them."""
+
+    config: TrainConfig
+    task: Task
+    device: torch.device
+    policy: PreTrainedModel
+    ref_policy: PreTrainedModel
+    """A frozen copy of the policy at the start: the KL penalty's reference."""
+    value: ValueModel
+    optimizer: torch.optim.Optimizer
+    """One Adam over the policy's and the value model's parameters."""
+    scorer: RewardScorer
+    shaper: Shaper
+    sampling: GenerationConfig
+    evaluation: GenerationConfig
+    train_prompts: list[list[int]]
+    eval_prompts: list[list[int]]
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.sampling.pad_token_id)

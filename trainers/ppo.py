@@ -11,16 +11,16 @@ rewards") replaced by the shaped dense rewards. Each PPO step:
     5. advantages   GAE(gamma, lambda), whitened over the batch's tokens
     6. update       K epochs of minibatch clipped policy and value updates (one Adam)
     7. evaluate     held-out prompts every `eval_interval` steps
-    8. report       hooks.report / heartbeat; checkpoint every `checkpoint_interval` steps
+    8. report       hooks.report; checkpoint every `checkpoint_interval` steps
 
-The maths lives in `trainers.ppo_math`, the networks in `trainers.models`.
+Reading order: build, train, step, update, evaluate; then the run's bookkeeping (progress,
+the cost meter). The maths lives in `trainers.ppo_math`, the networks in `trainers.models`,
+checkpoint files in `trainers.checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import time
 from collections import defaultdict
@@ -32,18 +32,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig
 
-from shaping.attribution import ATTRIBUTORS
 from shaping.batch import RolloutBatch
 from shaping.scorer import NonFiniteRewardError, RewardScorer
 from shaping.shaper import Shaper
 from trainers import checkpoint
-from trainers.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, method_options
+from trainers.config import ConfigError, TrainConfig
 from trainers.models import (
     DeviceRewardModel,
+    Run,
     Sequences,
-    ValueModel,
     disable_dropout,
     generation_config,
     make_value_model,
@@ -65,9 +64,6 @@ from trainers.ppo_math import (
 from trainers.signals import area_under_curve, distinct_n, repeated_token_fraction
 from trainers.tasks.base import Task
 
-RESULT = "result.json"
-"""What a run with a `run_dir` leaves beside its checkpoint: the `TrainResult` as JSON."""
-
 log = logging.getLogger(__name__)
 
 TRAIN_PHASES = ("rollout", "logprobs", "score", "shape", "advantages", "update")
@@ -87,10 +83,6 @@ def _ignore_report(step: int, metrics: dict[str, float]) -> None:
     return None
 
 
-def _ignore() -> None:
-    return None
-
-
 def _never() -> bool:
     return False
 
@@ -101,42 +93,8 @@ class Hooks:
 
     report: Callable[[int, dict[str, float]], None] = _ignore_report
     """After every step (step 0: the evaluation before training) with that step's metrics."""
-    heartbeat: Callable[[], None] = _ignore
-    """At the start and after every step: the run is alive."""
     should_stop: Callable[[], bool] = _never
     """Asked before every step; True stops the run (checkpointed) with `stopped_early`."""
-
-
-@dataclass
-class Progress:
-    """Everything about the run so far that is not weights; saved in every checkpoint."""
-
-    step: int = 0
-    curves: dict[int, dict[str, float]] = field(default_factory=dict)
-    """Evaluation step -> eval metrics (and the training time spent by then)."""
-    samples: dict[int, list[str]] = field(default_factory=dict)
-    last: dict[str, float] = field(default_factory=dict)
-    """The metrics of the last step."""
-    costs: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    """Cumulative training cost counters: RM rows, attribution seconds, ..."""
-    phase_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def account(self, clock: Clock, costs: dict[str, float], metrics: dict[str, float]) -> None:
-        """Add a step's time and costs to the totals; put the totals into its metrics.
-
-        Every `cost/` metric is a total over the run so far, except `cost/step_seconds`.
-        """
-        for phase, seconds in clock.seconds.items():
-            self.phase_seconds[phase] += seconds
-        for key, value in costs.items():
-            self.costs[key] += value
-        if self.costs.get("cost/responses"):
-            self.costs["cost/rm_rows_per_response"] = (
-                self.costs["cost/rm_rows"] / self.costs["cost/responses"]
-            )
-        metrics |= {f"cost/{p}_seconds": s for p, s in self.phase_seconds.items()}
-        metrics |= self.costs
-        metrics["cost/step_seconds"] = sum(clock.seconds.values())
 
 
 @dataclass
@@ -153,133 +111,156 @@ class TrainResult:
     run_dir: Path | None = None
 
 
-@dataclass
-class Run:
-    """The networks and the pieces of one run."""
-
-    config: TrainConfig
-    task: Task
-    device: torch.device
-    policy: PreTrainedModel
-    ref_policy: PreTrainedModel
-    value: ValueModel
-    optimizer: torch.optim.Optimizer
-    scorer: RewardScorer
-    shaper: Shaper
-    sampling: GenerationConfig
-    evaluation: GenerationConfig
-    train_prompts: list[list[int]]
-    eval_prompts: list[list[int]]
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.sampling.pad_token_id)
+# ---------------------------------------------------------------------------- build
 
 
-class Clock:
-    """Wall time per phase of one step."""
+def check_config(config: TrainConfig, task: Task) -> torch.device:
+    """What `build_run` needs of the config and the task, checked without loading weights
+    (a study admits a spec with this): the device, and a response length the models fit.
+    Returns the device."""
+    if task.name != config.task.name:
+        raise ConfigError(f"task.name={config.task.name!r} but the task given is {task.name!r}")
+    device = resolve_device(config.device)
+    length = config.ppo.response_length or task.response_length
+    limit = task.max_response_length()
+    if limit is not None and length > limit:
+        raise ConfigError(
+            f"ppo.response_length={length} is longer than the models of task {task.name!r} "
+            f"take after its longest prompt; give at most {limit}"
+        )
+    return device
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
 
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # kernels are asynchronous
-            self.seconds[phase] += time.perf_counter() - started
+def build_run(config: TrainConfig, task: Task) -> Run:
+    """Load the policy, a frozen reference copy, the value model and the reward model."""
+    device = check_config(config, task)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    policy, ref_policy = task.load_policy(), task.load_policy()  # fresh copies: the start
+    _seed_everything(config.seed)  # after loading: a task may seed while building models
+    value = make_value_model(config.ppo, task, policy)
+    models: list[torch.nn.Module] = [policy, ref_policy, value]
+    for model in models:
+        disable_dropout(model)
+        model.to(device).eval()
+    ref_policy.requires_grad_(False)
+    params = [*policy.parameters(), *value.parameters()]
+    optimizer = torch.optim.Adam(params, lr=config.ppo.lr, eps=1e-5)
+    rm = DeviceRewardModel(task.load_reward_model(), device)
+    scorer = RewardScorer(
+        rm, rows_per_forward=config.shaping.rows_per_forward, policy_tokenizer=task.tokenizer
+    )
+    shaper = Shaper(scorer, config.shaping.weights, config.method_options())
+    train_prompts, eval_prompts = _prompts(task)
+    sampling, evaluation = _generation_configs(config, task)
+    return Run(
+        config=config,
+        task=task,
+        device=device,
+        policy=policy,
+        ref_policy=ref_policy,
+        value=value,
+        optimizer=optimizer,
+        scorer=scorer,
+        shaper=shaper,
+        sampling=sampling,
+        evaluation=evaluation,
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts[: config.eval_prompts],
+    )
+
+
+# ---------------------------------------------------------------------------- train
 
 
 def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainResult:
     """Run (or resume, from `config.run_dir`) `config.steps` PPO steps on `task`."""
     hooks = hooks or Hooks()
-    hooks.heartbeat()
     run = build_run(config, task)
     run_dir = Path(config.run_dir) if config.run_dir else None
-    progress = resume(run, run_dir) or Progress()
+    saved = checkpoint.resume(run, run_dir) if run_dir else None
+    progress = Progress.restore(saved, run.device) if saved else Progress(CostMeter(run.device))
+    meter = progress.meter
     if progress.step == 0 and not progress.curves:
         # Before any update: where the policy starts.
-        clock = Clock(run.device)
-        metrics = evaluate(run, progress, clock)
-        progress.account(clock, {}, metrics)
-        progress.last = metrics
-        hooks.report(0, metrics)
-    stopped_early, saved = False, progress.step
+        with meter.phase("evaluate"):
+            point = evaluate(run, 0)
+        progress.record(0, point)
+        progress.last = point.metrics | meter.end_step()
+        hooks.report(0, progress.last)
+    stopped_early, saved_step = False, progress.step
     while progress.step < config.steps:
         if hooks.should_stop():
             stopped_early = True
             break
         step = progress.step + 1
-        clock = Clock(run.device)
-        metrics, costs = ppo_step(run, step, clock)  # phases 1-6
+        # phases 1-6; what the shaper spends in them (RM rows, attribution) is training cost
+        with meter.charging(run.shaper, responses=config.ppo.rollout_batch):
+            metrics = ppo_step(run, step, meter)
         # 7. evaluate on held-out prompts
         if step % config.eval_interval == 0 or step == config.steps:
-            metrics |= evaluate(run, progress, clock, step)
+            with meter.phase("evaluate"):
+                point = evaluate(run, step)
+            progress.record(step, point)
+            metrics |= point.metrics
         # 8. report, and checkpoint
-        progress.account(clock, costs, metrics)
+        metrics |= meter.end_step()
         progress.step, progress.last = step, metrics
         hooks.report(step, metrics)
-        hooks.heartbeat()
         if run_dir and step % config.checkpoint_interval == 0:
-            save(run, progress, run_dir)
-            saved = step
-    if run_dir and saved != progress.step:
-        save(run, progress, run_dir)
-    result = _result(progress, stopped_early, run_dir)
+            checkpoint.save_run(run, progress.state(), run_dir)
+            saved_step = step
+    if run_dir and saved_step != progress.step:
+        checkpoint.save_run(run, progress.state(), run_dir)
+    result = progress.result(stopped_early, run_dir)
     if run_dir:
-        tmp = run_dir / f".{RESULT}.tmp"
-        tmp.write_text(json.dumps(asdict(result), indent=1, default=str))
-        os.replace(tmp, run_dir / RESULT)
+        checkpoint.save_result(asdict(result), run_dir)
     return result
 
 
-def ppo_step(run: Run, step: int, clock: Clock) -> tuple[dict[str, float], dict[str, float]]:
-    """One PPO iteration (phases 1-6): its metrics, and its cost counters."""
+# ---------------------------------------------------------------------------- step
+
+
+def ppo_step(run: Run, step: int, meter: CostMeter) -> dict[str, float]:
+    """One PPO iteration (phases 1-6, each timed by `meter`): its metrics."""
     cfg = run.config.ppo
     prompts = batch_prompts(run.train_prompts, run.config.seed, step, cfg.rollout_batch)
 
     # 1. rollout: y ~ pi(. | x) at temperature, cut after its first EOS
-    with clock("rollout"):
+    with meter.phase("rollout"):
         seqs = sample(run.policy, prompts, run.sampling, run.device)
         mask = seqs.mask  # (B, T)
         responses = seqs.response_lists()
 
     # 2. log pi, log pi_ref and V(s_t) of every response token, before any update
-    with clock("logprobs"):
+    with meter.phase("logprobs"):
         logprobs, ref_logprobs, values = forward_rollout(run, seqs)
         _finite(step, "logprobs", logprobs=logprobs, ref_logprobs=ref_logprobs, values=values)
 
     # 3. score: R = r(x, y)
-    costs_before = run.shaper.metrics()
-    with clock("score"):
+    with meter.phase("score"):
         try:  # the scorer names the response whose score is not finite
             scores = run.scorer.score_responses(prompts, responses)  # (B,)
         except NonFiniteRewardError as e:
             raise TrainingError(step, "score", str(e)) from e
 
     # 4. shape: r_t = sum_k w_k phi_k[t] - beta * KL_t (TRL: R on the last token only)
-    with clock("shape"):
+    with meter.phase("shape"):
         batch = RolloutBatch.from_lists(prompts, responses, scores.tolist(), run.pad_id)
         kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
         shaped, rewards = token_rewards(run, batch, kl, mask, step)
 
     # 5. advantages: GAE, then whitened over the batch's response tokens
-    with clock("advantages"):
+    with meter.phase("advantages"):
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
         advantages = masked_whiten(advantages, mask) * mask
 
     # 6. K epochs of minibatch updates of the clipped policy and value losses
-    with clock("update"):
+    with meter.phase("update"):
         update = ppo_update(run, seqs, logprobs, values, advantages, returns, step)
 
-    shaping = run.shaper.metrics()
-    costs = {**_cost_deltas(costs_before, shaping), "cost/responses": float(len(responses))}
     mean_kl = float(kl.sum(1).mean())  # per response, as TRL reports it
-    metrics = {
+    return {
         "objective/scores": float(scores.mean()),
         "objective/kl": mean_kl,
         "objective/entropy": float((-logprobs * mask).sum(1).mean()),
@@ -290,9 +271,36 @@ def ppo_step(run: Run, step: int, clock: Clock) -> tuple[dict[str, float], dict[
         "losses/explained_variance": float(explained_variance(values, returns, mask)),
         **update,
         **_shaping_metrics(run, shaped, mask),
-        **{k: v for k, v in shaping.items() if k.startswith("shaping/")},
     }
-    return metrics, costs
+
+
+def batch_prompts(prompts: list[list[int]], seed: int, step: int, B: int) -> list[list[int]]:
+    """Step `step`'s B prompts: passes over the training prompts, each in an order drawn
+    from (seed, pass); a function of the step alone, so a resumed run sees the same ones."""
+    N = len(prompts)
+    out = []
+    for k in range((step - 1) * B, step * B):
+        order = np.random.default_rng([seed, k // N]).permutation(N)
+        out.append(prompts[int(order[k % N])])
+    return out
+
+
+@torch.no_grad()
+def forward_rollout(run: Run, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, ref_logprobs, values), each (B, T) and 0 on padding, in minibatch chunks."""
+    out: dict[str, list[torch.Tensor]] = defaultdict(list)
+    B, temperature = seqs.mask.shape[0], run.config.ppo.temperature
+    for idx in torch.arange(B, device=run.device).split(run.config.ppo.minibatch):
+        chunk = seqs.select(idx)
+        tokens = chunk.responses
+        logits = response_logits(run.policy, chunk, temperature)
+        out["logprobs"].append(logprobs_from_logits(logits, tokens))
+        ref_logits = response_logits(run.ref_policy, chunk, temperature)
+        out["ref"].append(logprobs_from_logits(ref_logits, tokens))
+        out["values"].append(run.value(chunk))
+    mask = seqs.mask
+    logprobs, ref, values = (torch.cat(out[k]) * mask for k in ("logprobs", "ref", "values"))
+    return logprobs, ref, values
 
 
 def token_rewards(
@@ -314,22 +322,7 @@ def token_rewards(
     return shaped, rewards
 
 
-@torch.no_grad()
-def forward_rollout(run: Run, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logprobs, ref_logprobs, values), each (B, T) and 0 on padding, in minibatch chunks."""
-    out: dict[str, list[torch.Tensor]] = defaultdict(list)
-    B, temperature = seqs.mask.shape[0], run.config.ppo.temperature
-    for idx in torch.arange(B, device=run.device).split(run.config.ppo.minibatch):
-        chunk = seqs.select(idx)
-        tokens = chunk.responses
-        logits = response_logits(run.policy, chunk, temperature)
-        out["logprobs"].append(logprobs_from_logits(logits, tokens))
-        ref_logits = response_logits(run.ref_policy, chunk, temperature)
-        out["ref"].append(logprobs_from_logits(ref_logits, tokens))
-        out["values"].append(run.value(chunk))
-    mask = seqs.mask
-    logprobs, ref, values = (torch.cat(out[k]) * mask for k in ("logprobs", "ref", "values"))
-    return logprobs, ref, values
+# ---------------------------------------------------------------------------- update
 
 
 def ppo_update(
@@ -388,28 +381,38 @@ def ppo_update(
     return {key: sum(v) / len(v) for key, v in stats.items()}
 
 
+# ---------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One held-out evaluation: its `eval/` metrics, and the first `eval_samples` texts."""
+
+    metrics: dict[str, float]
+    samples: list[str]
+
+
 @torch.no_grad()
-def evaluate(run: Run, progress: Progress, clock: Clock, step: int = 0) -> dict[str, float]:
+def evaluate(run: Run, step: int) -> CurvePoint:
     """Phase 7: responses to held-out prompts, sampled with a fixed seed (or greedy) so that
-    every evaluation draws alike; records the curve point and returns the eval metrics."""
+    every evaluation draws alike, scored by the reward model (and the task's gold judge)."""
     prompts, B = run.eval_prompts, run.config.ppo.rollout_batch
     responses: list[list[int]] = []
     kl: list[torch.Tensor] = []
-    with clock("evaluate"):
-        devices = [run.device] if run.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
-            torch.manual_seed(run.config.seed + EVAL_SEED)
-            for start in range(0, len(prompts), B):
-                seqs = sample(run.policy, prompts[start : start + B], run.evaluation, run.device)
-                responses += seqs.response_lists()
-                kl.append(_exact_kl(run, seqs))
-        scores = run.scorer.score_responses(prompts, responses)
-        decode = run.task.tokenizer.decode
-        texts = [
-            str(decode(p + r, skip_special_tokens=True))
-            for p, r in zip(prompts, responses, strict=True)
-        ]
-        gold = run.task.gold(texts)
+    devices = [run.device] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
+        torch.manual_seed(run.config.seed + EVAL_SEED)
+        for start in range(0, len(prompts), B):
+            seqs = sample(run.policy, prompts[start : start + B], run.evaluation, run.device)
+            responses += seqs.response_lists()
+            kl.append(_exact_kl(run, seqs))
+    scores = run.scorer.score_responses(prompts, responses)
+    decode = run.task.tokenizer.decode
+    texts = [
+        str(decode(p + r, skip_special_tokens=True))
+        for p, r in zip(prompts, responses, strict=True)
+    ]
+    gold = run.task.gold(texts)
     metrics = {
         "eval/rm_mean": float(scores.mean()),
         "eval/rm_std": float(scores.std()) if len(prompts) > 1 else 0.0,
@@ -421,14 +424,10 @@ def evaluate(run: Run, progress: Progress, clock: Clock, step: int = 0) -> dict[
     }
     if gold is not None:
         metrics["eval/gold_mean"] = float(np.mean(gold))
-    train_seconds = sum(progress.phase_seconds.get(p, 0.0) for p in TRAIN_PHASES)
-    train_seconds += sum(clock.seconds.get(p, 0.0) for p in TRAIN_PHASES)
-    progress.curves[step] = {**metrics, "cost/train_seconds": train_seconds}
-    progress.samples[step] = texts[: run.config.eval_samples]
     log.info(
         "step %d: held-out RM %.4f, KL %.3f", step, metrics["eval/rm_mean"], metrics["eval/kl"]
     )
-    return metrics
+    return CurvePoint(metrics, texts[: run.config.eval_samples])
 
 
 def _exact_kl(run: Run, seqs: Sequences) -> torch.Tensor:
@@ -441,170 +440,137 @@ def _exact_kl(run: Run, seqs: Sequences) -> torch.Tensor:
     return (per_token * seqs.mask).sum(1)
 
 
-def batch_prompts(prompts: list[list[int]], seed: int, step: int, B: int) -> list[list[int]]:
-    """Step `step`'s B prompts: passes over the training prompts, each in an order drawn
-    from (seed, pass); a function of the step alone, so a resumed run sees the same ones."""
-    N = len(prompts)
-    out = []
-    for k in range((step - 1) * B, step * B):
-        order = np.random.default_rng([seed, k // N]).permutation(N)
-        out.append(prompts[int(order[k % N])])
-    return out
+# ---------------------------------------------------------------------------- bookkeeping
 
 
-def check_config(config: TrainConfig, task: Task) -> torch.device:
-    """What `build_run` needs of the config and the task, checked without loading weights
-    (a study admits a spec with this): the device, and a response length the models fit.
-    Returns the device."""
-    if task.name != config.task.name:
-        raise ConfigError(f"task.name={config.task.name!r} but the task given is {task.name!r}")
-    device = resolve_device(config.device)
-    length = config.ppo.response_length or task.response_length
-    limit = task.max_response_length()
-    if limit is not None and length > limit:
-        raise ConfigError(
-            f"ppo.response_length={length} is longer than the models of task {task.name!r} "
-            f"take after its longest prompt; give at most {limit}"
+class CostMeter:
+    """The run's one account of what it spent, each a total over the run so far (saved in
+    every checkpoint): wall seconds per phase, responses sampled, and the shaper's cost
+    counters (reward-model rows, forwards and seconds; attribution seconds)."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        costs: dict[str, float] | None = None,
+        phase_seconds: dict[str, float] | None = None,
+    ) -> None:
+        self.device = device
+        self.costs: dict[str, float] = defaultdict(float, costs or {})
+        self.phase_seconds: dict[str, float] = defaultdict(float, phase_seconds or {})
+        self.step_seconds: dict[str, float] = defaultdict(float)
+        """This step's seconds per phase, until `end_step` adds them to `phase_seconds`."""
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one phase of this step."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # kernels are asynchronous
+            self.step_seconds[name] += time.perf_counter() - started
+
+    @contextmanager
+    def charging(self, shaper: Shaper, responses: int) -> Iterator[None]:
+        """Charge what `shaper` spends inside, and `responses` sampled responses, to the run.
+        The shaper's counters also move when evaluation scores its responses, outside this:
+        that is not a training cost."""
+        before = shaper.metrics()
+        yield
+        for key, value in shaper.metrics().items():
+            if key.startswith("cost/"):
+                self.costs[key] += value - before.get(key, 0.0)
+        self.costs["cost/responses"] += float(responses)
+        self.costs["cost/rm_rows_per_response"] = (
+            self.costs["cost/rm_rows"] / self.costs["cost/responses"]
         )
-    return device
+
+    def train_seconds(self) -> float:
+        """Seconds spent in the training phases so far, this step's included."""
+        seconds = sum(self.phase_seconds.get(p, 0.0) for p in TRAIN_PHASES)
+        return seconds + sum(self.step_seconds.get(p, 0.0) for p in TRAIN_PHASES)
+
+    def end_step(self) -> dict[str, float]:
+        """Close the step: its `cost/` metrics, every one a total over the run so far except
+        `cost/step_seconds`."""
+        for phase, seconds in self.step_seconds.items():
+            self.phase_seconds[phase] += seconds
+        metrics = {f"cost/{p}_seconds": s for p, s in self.phase_seconds.items()}
+        metrics |= self.costs
+        metrics["cost/step_seconds"] = sum(self.step_seconds.values())
+        self.step_seconds = defaultdict(float)
+        return metrics
 
 
-def build_run(config: TrainConfig, task: Task) -> Run:
-    """Load the policy, a frozen reference copy, the value model and the reward model."""
-    device = check_config(config, task)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    policy, ref_policy = task.load_policy(), task.load_policy()  # fresh copies: the start
-    _seed_everything(config.seed)  # after loading: a task may seed while building models
-    value = make_value_model(config.ppo, task, policy)
-    models: list[torch.nn.Module] = [policy, ref_policy, value]
-    for model in models:
-        disable_dropout(model)
-        model.to(device).eval()
-    ref_policy.requires_grad_(False)
-    optimizer = torch.optim.Adam(
-        [*policy.parameters(), *value.parameters()], lr=config.ppo.lr, eps=1e-5
-    )
-    rm = DeviceRewardModel(task.load_reward_model(), device)
-    scorer = RewardScorer(
-        rm, rows_per_forward=config.shaping.rows_per_forward, policy_tokenizer=task.tokenizer
-    )
-    shaper = Shaper(scorer, config.shaping.weights, _method_options(config))
-    train_prompts, eval_prompts = task.prompts("train"), task.prompts("eval")
-    if not train_prompts or not eval_prompts:
-        raise ConfigError(
-            f"task {task.name!r} has {len(train_prompts)} training and {len(eval_prompts)} "
-            "held-out prompts; PPO needs both"
+@dataclass
+class Progress:
+    """Everything about the run so far that is not weights; saved in every checkpoint."""
+
+    meter: CostMeter
+    step: int = 0
+    curves: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Evaluation step -> eval metrics (and the training time spent by then)."""
+    samples: dict[int, list[str]] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    """The metrics of the last step."""
+
+    def record(self, step: int, point: CurvePoint) -> None:
+        """Put an evaluation on the learning curve, with the training time spent by then."""
+        self.curves[step] = {**point.metrics, "cost/train_seconds": self.meter.train_seconds()}
+        self.samples[step] = point.samples
+
+    def result(self, stopped_early: bool, run_dir: Path | None) -> TrainResult:
+        costs = dict(self.meter.costs)
+        final = dict(self.last)
+        if self.curves:
+            final |= self.curves[max(self.curves)]
+            final["objective/eval_rm_auc"] = area_under_curve(self.curves, "eval/rm_mean")
+        final |= costs
+        return TrainResult(
+            curves=self.curves,
+            samples=self.samples,
+            final=final,
+            phase_seconds=dict(self.meter.phase_seconds),
+            costs=costs,
+            steps=self.step,
+            stopped_early=stopped_early,
+            run_dir=run_dir,
         )
-    tok = task.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    if pad_id is None:
-        raise ConfigError(f"task {task.name!r}: the tokenizer has neither a pad nor an EOS token")
-    length = config.ppo.response_length or task.response_length
-    temperature = config.ppo.temperature
-    return Run(
-        config,
-        task,
-        device,
-        policy,
-        ref_policy,
-        value,
-        optimizer,
-        scorer,
-        shaper,
-        generation_config(tok.eos_token_id, pad_id, length, temperature, greedy=False),
-        generation_config(tok.eos_token_id, pad_id, length, temperature, config.eval_greedy),
-        train_prompts,
-        eval_prompts[: config.eval_prompts],
-    )
 
+    def state(self) -> dict[str, Any]:
+        """As a checkpoint holds it: plain values."""
+        return {
+            "step": self.step,
+            "curves": self.curves,
+            "samples": self.samples,
+            "last": self.last,
+            "costs": dict(self.meter.costs),
+            "phase_seconds": dict(self.meter.phase_seconds),
+        }
 
-def save(run: Run, progress: Progress, run_dir: Path) -> None:
-    checkpoint.save(
-        {
-            "config": run.config.to_dict(),
-            "policy": run.policy.state_dict(),
-            "value": run.value.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "rng": checkpoint.rng_states(),
-            "attributor_rng": checkpoint.attributor_rng_states(run.shaper),
-            "progress": {
-                "step": progress.step,
-                "curves": progress.curves,
-                "samples": progress.samples,
-                "last": progress.last,
-                "costs": dict(progress.costs),
-                "phase_seconds": dict(progress.phase_seconds),
-            },
-        },
-        run_dir,
-    )
-    log.info("checkpoint at step %d in %s", progress.step, run_dir)
-
-
-def resume(run: Run, run_dir: Path | None) -> Progress | None:
-    """Restore the run from its folder's checkpoint; None when there is none."""
-    state = checkpoint.load(run_dir) if run_dir else None
-    if state is None:
-        return None
-    mine, theirs = run.config.to_dict(), state["config"]
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
-    if changed:
-        raise ConfigError(
-            f"run_dir={str(run_dir)!r} holds a run with another configuration (differs in "
-            f"{changed}); give a new run_dir, or the same configuration to resume it"
+    @classmethod
+    def restore(cls, state: dict[str, Any], device: torch.device) -> Progress:
+        return cls(
+            meter=CostMeter(device, state["costs"], state["phase_seconds"]),
+            step=state["step"],
+            curves={int(k): v for k, v in state["curves"].items()},
+            samples={int(k): v for k, v in state["samples"].items()},
+            last=state["last"],
         )
-    run.policy.load_state_dict(state["policy"])
-    run.value.load_state_dict(state["value"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    checkpoint.set_rng_states(state["rng"])
-    checkpoint.set_attributor_rng_states(run.shaper, state["attributor_rng"])
-    saved = state["progress"]
-    progress = Progress(
-        step=saved["step"],
-        curves={int(k): v for k, v in saved["curves"].items()},
-        samples={int(k): v for k, v in saved["samples"].items()},
-        last=saved["last"],
-        costs=defaultdict(float, saved["costs"]),
-        phase_seconds=defaultdict(float, saved["phase_seconds"]),
-    )
-    log.info("resumed %s at step %d", run_dir, progress.step)
-    return progress
-
-
-def _result(progress: Progress, stopped_early: bool, run_dir: Path | None) -> TrainResult:
-    costs = dict(progress.costs)
-    final = dict(progress.last)
-    if progress.curves:
-        final |= progress.curves[max(progress.curves)]
-        final["objective/eval_rm_auc"] = area_under_curve(progress.curves, "eval/rm_mean")
-    final |= costs
-    return TrainResult(
-        curves=progress.curves,
-        samples=progress.samples,
-        final=final,
-        phase_seconds=dict(progress.phase_seconds),
-        costs=costs,
-        steps=progress.step,
-        stopped_early=stopped_early,
-        run_dir=run_dir,
-    )
-
-
-def _cost_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """This step's share of the shaper's cumulative cost counters."""
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith("cost/")}
 
 
 def _shaping_metrics(run: Run, shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """How dense the shaped reward is: the last token's share of |r_t|, and the prompt-only
-    offset R - sum_t r_t that shaping took out of the return."""
+    offset R - sum_t r_t that shaping took out of the return; and the shaper's own
+    `shaping/` metrics (conservation residuals)."""
     lengths = mask.sum(1)
     last = shaped[torch.arange(shaped.shape[0], device=shaped.device), lengths - 1].abs()
     total = shaped.abs().sum(1).clamp_min(1e-8)
     return {
         "shaping/last_token_share": float((last / total).mean()),
         "shaping/offset_mean": float(run.shaper.last_offsets.mean()),
+        **{k: v for k, v in run.shaper.metrics().items() if k.startswith("shaping/")},
     }
 
 
@@ -623,13 +589,31 @@ def _finite(step: int, phase: str, **tensors: torch.Tensor) -> None:
             )
 
 
-def _method_options(config: TrainConfig) -> dict[str, dict[str, Any]]:
-    """The configured options; a weighted method that takes a seed gets the run's."""
-    options = {k: dict(v) for k, v in config.shaping.options.items()}
-    for method in config.shaping.weights:
-        if method in ATTRIBUTORS and "seed" in method_options(method):
-            options.setdefault(method, {}).setdefault("seed", config.seed)
-    return options
+def _prompts(task: Task) -> tuple[list[list[int]], list[list[int]]]:
+    """The task's training and held-out prompts; PPO needs some of each."""
+    train_prompts, eval_prompts = task.prompts("train"), task.prompts("eval")
+    if not train_prompts or not eval_prompts:
+        raise ConfigError(
+            f"task {task.name!r} has {len(train_prompts)} training and {len(eval_prompts)} "
+            "held-out prompts; PPO needs both"
+        )
+    return train_prompts, eval_prompts
+
+
+def _generation_configs(
+    config: TrainConfig, task: Task
+) -> tuple[GenerationConfig, GenerationConfig]:
+    """(sampling, evaluation): how rollouts and held-out responses are decoded."""
+    tok = task.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad_id is None:
+        raise ConfigError(f"task {task.name!r}: the tokenizer has neither a pad nor an EOS token")
+    length = config.ppo.response_length or task.response_length
+    temperature = config.ppo.temperature
+    return (
+        generation_config(tok.eos_token_id, pad_id, length, temperature, greedy=False),
+        generation_config(tok.eos_token_id, pad_id, length, temperature, config.eval_greedy),
+    )
 
 
 def _seed_everything(seed: int) -> None:

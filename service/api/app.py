@@ -19,7 +19,7 @@ from service.api.routes import api_router
 from service.dashboard.routes import router as dashboard_router
 from service.settings import Settings
 from service.store import studies as store
-from service.tuning.report import TrialNotFound
+from service.tuning.read import TrialNotFound
 from service.tuning.spec import StudySpec
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
-Status = Literal[
-    "queued", "running", "completed", "failed", "cancelling", "cancelled", "interrupted"
-]
-"""`service.store.models.STATUSES`, spelled out for the OpenAPI document."""
+from service.store.models import StudyStatus
+
+Status = StudyStatus
+"""A study's status (`service.store.models.StudyStatus`; an enum in the OpenAPI document)."""
 
 
 # Times carry their zone, as RFC 3339 asks: the service's tables keep naive UTC, Optuna
@@ -52,6 +52,15 @@ class StudySummary(_Public):
     """Completed trials the study runs to."""
     done: int
     """Completed trials so far."""
+    best_value: float | None
+    """The incumbent's objective: the best mean over seeds so far."""
+    sparse_value: float | None
+    """The pure-sparse control arm's objective, the baseline."""
+    coordinator: str | None
+    """Who drives the study now (null when nobody holds a live lease)."""
+    coordinator_lost: str | None
+    """A coordinator whose lease lapsed while the study was running: it died, and a
+    running service takes the study over (or `shapetune resume NAME` does)."""
     created_at: UtcTime
     updated_at: UtcTime
 
@@ -109,10 +118,12 @@ class Reevaluation(_Public):
 
 class StudyPublic(StudySummary):
     spec: dict[str, Any]
+    direction: Literal["maximize", "minimize"]
+    """Which way the objective is better."""
+    counts: dict[str, int]
+    """Trials by Optuna state (COMPLETE, RUNNING, FAIL, PRUNED, WAITING)."""
     running: int
     failed: int
-    coordinator: str | None
-    """Who drives the study now (null when nobody holds a live lease)."""
     best: Arm | None
     """The incumbent: the best mean over seeds."""
     sparse: Arm | None
@@ -137,11 +148,22 @@ class TrialSummary(_Public):
     """Why it stopped for no fault of its own (a cancel, a coordinator that died)."""
     started: LocalTime | None
     finished: LocalTime | None
+    seconds: float | None
+    """Wall time from start to finish (null while it runs)."""
 
 
 class TrialsPublic(_Public):
     data: list[TrialSummary]
     count: int
+
+
+class StudyCurves(_Public):
+    """What plots of a whole study need, per trial number."""
+
+    params: dict[int, dict[str, Any]]
+    """What the sampler proposed."""
+    curves: dict[int, list[tuple[int, float | None]]]
+    """(step, held-out RM reward, mean over seeds), at most 100 points per trial."""
 
 
 class MethodCredits(_Public):
@@ -200,9 +222,9 @@ class TrialPublic(TrialSummary):
     intermediate_values: dict[int, float | None]
     """What the pruner saw, per step."""
     final: dict[str, float | None]
-    """Metrics at the end of the inner runs (mean over seeds)."""
+    """Metrics at the end of the inner runs (mean over seeds), but the costs."""
     cost: dict[str, float | None]
-    """The `cost/` metrics among them: RM rows per response, attribution and train time."""
+    """The `cost/` metrics of the end: RM rows per response, attribution and train time."""
     samples: list[str]
     """Sample responses of the first seed at its last evaluation."""
     sample_credits: list[SampleCredits]

@@ -1,5 +1,5 @@
 """Plotly figures of a study and of a trial, as plain dicts ({"data": [...], "layout": {...}})
-that the pages hand to `Plotly.newPlot`. Built from `service.tuning.report` data only.
+that the pages hand to `Plotly.newPlot`. Built from the read model (`service.tuning.read`).
 
 No plotly Python objects: building and validating 1,000-trial figures through them costs
 more than the page budget, and the browser needs nothing but the JSON.
@@ -11,7 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from service.tuning.report import downsample
+from service import formatting
+from service.formatting import significant
+from service.tuning.contracts import CONTROL_SPARSE
+from service.tuning.read import downsample
 
 Figure = dict[str, Any]
 
@@ -42,12 +45,6 @@ CURVE_PANELS = (
 )
 
 
-def _num(x: Any) -> float | None:
-    """6 significant digits (the page carries 1,000 trials' worth); JSON has no NaN: a
-    missing or non-finite number is drawn as a gap."""
-    return float(f"{x:.6g}") if isinstance(x, int | float) and math.isfinite(x) else None
-
-
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return {
         "title": {"text": title, "font": {"size": 14}},
@@ -63,9 +60,8 @@ def _complete(detail: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _weights_text(weights: dict[str, float] | None) -> str:
-    if not weights:
-        return ""
-    return ", ".join(f"{m} {w:.2f}" for m, w in weights.items() if w >= 0.005)
+    """A trial's weights in its hover text (nothing for a trial without weights)."""
+    return formatting.weights(weights, sep=" ", missing="")
 
 
 def comparison(detail: dict[str, Any]) -> Figure | None:
@@ -76,7 +72,7 @@ def comparison(detail: dict[str, Any]) -> Figure | None:
     if not bars:
         return None
     colours = [
-        BEST if t is best else SPARSE if t["label"] == "pure sparse" else "#adb5bd" for t in bars
+        BEST if t is best else SPARSE if t["label"] == CONTROL_SPARSE else "#adb5bd" for t in bars
     ]
     names = [
         f"{t['label'] or 'best'} (#{t['number']})" + (" ★" if t is best and t["label"] else "")
@@ -85,8 +81,8 @@ def comparison(detail: dict[str, Any]) -> Figure | None:
     trace = {
         "type": "bar",
         "x": names,
-        "y": [_num(t["value"]) for t in bars],
-        "error_y": {"type": "data", "array": [_num(t["stderr"]) or 0.0 for t in bars]},
+        "y": [significant(t["value"]) for t in bars],
+        "error_y": {"type": "data", "array": [significant(t["stderr"]) or 0.0 for t in bars]},
         "marker": {"color": colours},
         "text": [_weights_text(t["weights"]) for t in bars],
         "hovertemplate": "%{x}<br>%{y:.4f}<br>%{text}<extra></extra>",
@@ -115,8 +111,11 @@ def history(detail: dict[str, Any]) -> Figure | None:
                 "mode": "markers",
                 "name": "trial",
                 "x": [t["number"] for t in done],
-                "y": [_num(t["value"]) for t in done],
-                "error_y": {"type": "data", "array": [_num(t["stderr"]) or 0.0 for t in done]},
+                "y": [significant(t["value"]) for t in done],
+                "error_y": {
+                    "type": "data",
+                    "array": [significant(t["stderr"]) or 0.0 for t in done],
+                },
                 "text": [t["label"] or _weights_text(t["weights"]) for t in done],
                 "hovertemplate": "#%{x}: %{y:.4f}<br>%{text}<extra></extra>",
                 "marker": {"size": 6, "color": SPARSE, "opacity": 0.7},
@@ -126,7 +125,7 @@ def history(detail: dict[str, Any]) -> Figure | None:
                 "mode": "lines",
                 "name": "best so far",
                 "x": [t["number"] for t in done],
-                "y": [_num(v) for v in best_so_far],
+                "y": [significant(v) for v in best_so_far],
                 "line": {"shape": "hv", "color": BEST, "width": 2},
             },
         ],
@@ -145,7 +144,7 @@ def weights(detail: dict[str, Any]) -> Figure | None:
     done = [t for t in _complete(detail) if t["weights"]]
     if len(methods) < 2 or not done:
         return None
-    values = [_num(t["value"]) for t in done]
+    values = [significant(t["value"]) for t in done]
     if len(methods) != 3:
         axes = [Axis(m, [t["weights"][m] for t in done], (0.0, 1.0)) for m in methods]
         return parallel("weights explored (simplex)", axes, done, detail)
@@ -153,10 +152,10 @@ def weights(detail: dict[str, Any]) -> Figure | None:
     trace = {
         "type": "scatterternary",
         "mode": "markers",
-        "a": [_num(t["weights"][a]) for t in done],
-        "b": [_num(t["weights"][b]) for t in done],
-        "c": [_num(t["weights"][c]) for t in done],
-        "text": [f"#{t['number']}: {_num(t['value'])}" for t in done],
+        "a": [significant(t["weights"][a]) for t in done],
+        "b": [significant(t["weights"][b]) for t in done],
+        "c": [significant(t["weights"][c]) for t in done],
+        "text": [f"#{t['number']}: {significant(t['value'])}" for t in done],
         "hovertemplate": f"%{{text}}<br>{a} %{{a:.2f}}, {b} %{{b:.2f}}, {c} %{{c:.2f}}"
         "<extra></extra>",
         "marker": {
@@ -217,7 +216,7 @@ def parallel(
     by objective, the best and the sparse arm on top. Plotly's own `parcoords` needs WebGL:
     without a GPU (headless browsers, remote desktops) one costs 1.2-2 s to draw, the whole
     page budget; optuna-dashboard (`shapetune dashboard`) has the interactive one."""
-    values = [_num(t["value"]) for t in done]
+    values = [significant(t["value"]) for t in done]
     finite = [v for v in values if v is not None]
     low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
     axes = [*axes, Axis("objective", values, (low, high))]
@@ -321,7 +320,7 @@ def _scaled(axis: Axis) -> list[float | None]:
     low, high = (f(b) for b in axis.bounds)
     span = (high - low) or 1.0
     return [
-        None if v is None or (axis.log and v <= 0) else _num((f(v) - low) / span)
+        None if v is None or (axis.log and v <= 0) else significant((f(v) - low) / span)
         for v in axis.values
     ]
 
@@ -346,7 +345,7 @@ def learning_curves(detail: dict[str, Any]) -> Figure | None:
             continue
         kept = downsample(points, share)
         xs += [s for s, _ in kept] + [None]
-        ys += [_num(v) for _, v in kept] + [None]
+        ys += [significant(v) for _, v in kept] + [None]
     data: list[dict[str, Any]] = [
         {
             "type": "scatter",
@@ -358,7 +357,7 @@ def learning_curves(detail: dict[str, Any]) -> Figure | None:
             "hoverinfo": "skip",
         }
     ]
-    for highlighted, name, colour in ((sparse, "pure sparse", SPARSE), (best, "best", BEST)):
+    for highlighted, name, colour in ((sparse, CONTROL_SPARSE, SPARSE), (best, "best", BEST)):
         if highlighted is None or highlighted not in curves:
             continue
         label = (
@@ -372,7 +371,7 @@ def learning_curves(detail: dict[str, Any]) -> Figure | None:
                 "mode": "lines+markers",
                 "name": label,
                 "x": [s for s, _ in curves[highlighted]],
-                "y": [_num(v) for _, v in curves[highlighted]],
+                "y": [significant(v) for _, v in curves[highlighted]],
                 "line": {"color": colour, "width": 3},
             }
         )
@@ -403,18 +402,20 @@ def seed_curves(trial: dict[str, Any]) -> dict[str, Figure]:
     left out (a task without a gold judge has no gold curve)."""
     out = {}
     for key, title in CURVE_PANELS:
-        data = [
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": f"seed {k}",
-                "x": [s for s, _ in curve[key]],
-                "y": [_num(v) for _, v in curve[key]],
-                "line": {"color": SEEDS[k % len(SEEDS)]},
-            }
-            for k, curve in enumerate(trial["curves"])
-            if curve.get(key)
-        ]
+        data = []
+        for k, seed_curve in enumerate(trial["curves"]):  # step -> metrics, per seed
+            points = sorted((int(s), m[key]) for s, m in seed_curve.items() if key in m)
+            if points:
+                data.append(
+                    {
+                        "type": "scatter",
+                        "mode": "lines+markers",
+                        "name": f"seed {k}",
+                        "x": [s for s, _ in points],
+                        "y": [significant(v) for _, v in points],
+                        "line": {"color": SEEDS[k % len(SEEDS)]},
+                    }
+                )
         if data:
             out[key.replace("/", "-")] = {
                 "data": data,

@@ -1,5 +1,6 @@
-"""The dashboard's pages: each route reads one report (`service.tuning.report`), builds its
-figures (`figures`) and renders a template. Mounted at `/`, assets under `/static/`.
+"""The dashboard's pages: each route reads the study's read model (`service.tuning.read`, the
+API's schemas), builds its figures (`figures`) and renders a template. Mounted at `/`,
+assets under `/static/`.
 
 The app that includes `router` keeps its `Settings` in `app.state.settings`; the pages
 read the study database it names. Where reads need a token, a browser signs in at `/login`
@@ -8,8 +9,7 @@ read the study database it names. Where reads need a token, a browser signs in a
 
 from __future__ import annotations
 
-import math
-from functools import cache
+from functools import cache, partial
 from importlib.resources import files
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -19,38 +19,27 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from service import formatting
 from service.api.deps import CredentialsDep, may_read
 from service.auth import SESSION_COOKIE, reads_open, session_value, token_role
 from service.dashboard import figures
 from service.heatmap import sample_table
+from service.store.models import LIVE
 from service.store.studies import StoreError, StudyNotFound
-from service.tuning.report import TrialNotFound, studies_overview, study_detail, trial_report
+from service.tuning import read
+from service.tuning.read import TrialNotFound
 
 router = APIRouter(include_in_schema=False)
 
 REFRESH_S = 5
-LIVE = ("queued", "running", "cancelling")
-"""Statuses whose pages refresh themselves."""
 PLOTLY = f"plotly-{plotly.__version__}.min.js"
 ASSETS = {"dashboard.css": "text/css", "dashboard.js": "text/javascript", PLOTLY: "text/javascript"}
 
 
-def _num(value: Any, digits: int = 4, signed: bool = False) -> str:
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return "–"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _weights(weights: dict[str, float] | None, digits: int = 2) -> str:
-    if not weights:
-        return "–"
-    shown = [f"{k} {v:.{digits}f}" for k, v in weights.items() if abs(v) >= 0.5 * 10**-digits]
-    return ", ".join(shown) or "–"
-
-
 templates = Jinja2Templates(directory=str(files("service.dashboard") / "templates"))
-templates.env.filters["num"] = _num
-templates.env.filters["weights"] = _weights
+# Numbers and weights read as in the CLI (`service.formatting`); a page marks a missing one "–".
+templates.env.filters["num"] = partial(formatting.number, missing="–")
+templates.env.filters["weights"] = partial(formatting.weights, sep=" ", missing="–")
 
 
 class Where:
@@ -103,12 +92,12 @@ def _problem(request: Request, e: StoreError) -> HTMLResponse:
 @router.get("/", response_class=HTMLResponse, dependencies=Reader)
 def studies_page(request: Request, where: WhereDep) -> HTMLResponse:
     try:
-        rows = studies_overview(where.url)
+        rows = [s.model_dump() for s in read.studies(where.url).data]
     except StoreError as e:
         return _problem(request, e)
     for r in rows:
-        both = r["best"] is not None and r["sparse"] is not None
-        r["gain"] = r["best"] - r["sparse"] if both else None
+        both = r["best_value"] is not None and r["sparse_value"] is not None
+        r["gain"] = r["best_value"] - r["sparse_value"] if both else None
     live = any(r["status"] in LIVE for r in rows)
     return _page(request, "studies.html", studies=rows, refresh=REFRESH_S if live else 0)
 
@@ -116,7 +105,7 @@ def studies_page(request: Request, where: WhereDep) -> HTMLResponse:
 @router.get("/studies/{name}", response_class=HTMLResponse, dependencies=Reader)
 def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
     try:
-        detail = study_detail(where.url, name)
+        detail = _study_view(where.url, name)
     except StoreError as e:
         return _problem(request, e)
     best = detail["trials_by_number"].get(detail["best_trial"])
@@ -135,10 +124,15 @@ def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
 @router.get("/studies/{name}/trials/{number}", response_class=HTMLResponse, dependencies=Reader)
 def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTMLResponse:
     try:
-        trial = trial_report(where.url, name, number)
+        study = read.study(where.url, name)
+        trial = {
+            **read.trial(where.url, name, number).model_dump(),
+            "study": name,
+            "spec": study.spec,
+        }
     except StoreError as e:
         return _problem(request, e)
-    live = trial["status"] in LIVE and trial["state"] in ("RUNNING", "WAITING")
+    live = study.status in LIVE and trial["state"] in ("RUNNING", "WAITING")
     return _page(
         request,
         "trial.html",
@@ -147,6 +141,24 @@ def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTM
         figures=figures.seed_curves(trial),
         refresh=REFRESH_S if live else 0,
     )
+
+
+def _study_view(url: str, name: str) -> dict[str, Any]:
+    """A study, all its trials and their curves from the read model, keyed as the page and
+    its figures draw them: trials by number, the incumbent's and the sparse arm's rows."""
+    study = read.study(url, name)
+    rows = [t.model_dump() for t in read.trials(url, name).data]
+    by_number = {r["number"]: r for r in rows}
+    plots = read.curves(url, name)
+    return {
+        **study.model_dump(),
+        "trials": rows,
+        "trials_by_number": by_number,
+        "best_trial": study.best.trial if study.best else None,
+        "sparse": by_number[study.sparse.trial] if study.sparse else None,
+        "params": plots.params,
+        "curves": plots.curves,
+    }
 
 
 MAX_LOGIN_BYTES = 4096

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-Job = dict[str, Any]
-JobFn = Callable[[Job], dict[str, Any]]
+Job = Any
+"""A frozen dataclass of plain data (`service.tuning.contracts.InnerJob`): it may cross to
+a worker on another machine."""
+JobFn = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class Outcome:
     a kill) rather than the job reporting a failure of its own."""
 
     job: Job
-    result: dict[str, Any] | None = None
+    result: Any = None
     error: str | None = None
 
 

@@ -7,6 +7,7 @@ Their schema changes only through a migration under `service/store/migrations/`.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -16,7 +17,24 @@ class Base(DeclarativeBase):
     pass
 
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelling", "cancelled", "interrupted")
+class StudyStatus(StrEnum):
+    """Where a study is. queued -> running -> completed | failed | interrupted; a cancel
+    turns queued or interrupted into cancelled at once, running into cancelling until its
+    coordinator stops it; a resume queues an interrupted or cancelled study again."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+STOPPING = (StudyStatus.CANCELLING, StudyStatus.CANCELLED)
+"""A study in these has been told to stop: its inner runs end at their next check."""
+LIVE = (StudyStatus.QUEUED, StudyStatus.RUNNING, StudyStatus.CANCELLING)
+"""Studies that will still change by themselves."""
 
 
 class StudyModel(Base):
@@ -24,7 +42,7 @@ class StudyModel(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     spec: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED, index=True)
     owner: Mapped[str] = mapped_column(String(128), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     """Why the study failed or stopped, for people."""

@@ -8,21 +8,16 @@ from typing import Any
 
 from sqlalchemy import (
     CursorResult,
-    String,
-    cast,
-    column,
     delete,
     func,
-    inspect,
     or_,
     select,
-    table,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from service.store.db import StoreError, get_engine, session_scope
-from service.store.models import LeaseModel, StudyModel
+from service.store.db import StoreError, session_scope
+from service.store.models import LeaseModel, StudyModel, StudyStatus
 
 
 class StudyExists(StoreError):
@@ -37,13 +32,9 @@ class StudyStateError(StoreError):
     """The study is in a state that does not allow the request (e.g. resuming a running one)."""
 
 
-RESUMABLE = ("interrupted", "cancelled")
-TAKEN_OVER = ("running", "cancelling")
+RESUMABLE = (StudyStatus.INTERRUPTED, StudyStatus.CANCELLED)
+TAKEN_OVER = (StudyStatus.RUNNING, StudyStatus.CANCELLING)
 """Statuses of a study whose coordinator, if its lease lapsed, died mid-run."""
-
-# Optuna's own tables, read (never written) to count trials without loading them.
-_optuna_studies = table("studies", column("study_id"), column("study_name"))
-_optuna_trials = table("trials", column("study_id"), column("state"))
 
 
 def utcnow() -> datetime:
@@ -55,7 +46,7 @@ def create_study(url: str, name: str, spec: dict[str, Any], owner: str = "") -> 
     record = StudyModel(
         name=name,
         spec=spec,
-        status="queued",
+        status=StudyStatus.QUEUED,
         owner=owner,
         message="",
         created_at=now,
@@ -85,19 +76,11 @@ def get_study(url: str, name: str) -> StudyModel:
     return record
 
 
-def list_studies(url: str, status: str | None = None) -> list[StudyModel]:
-    query = select(StudyModel).order_by(StudyModel.created_at.desc())
-    if status:
-        query = query.where(StudyModel.status == status)
-    with session_scope(url) as s:
-        return list(s.scalars(query))
-
-
 def page_studies(
     url: str,
     status: str | None = None,
     offset: int = 0,
-    limit: int = 100,
+    limit: int | None = 100,
     owner: str | None = None,
 ) -> tuple[list[StudyModel], int]:
     """One page of studies (of one status, of one owner), newest first, and how many there
@@ -117,27 +100,6 @@ def page_studies(
         return list(page), count
 
 
-def completed_counts(url: str, names: list[str]) -> dict[str, int]:
-    """Completed trials per study, counted in Optuna's tables (0 for a study Optuna has
-    not created yet)."""
-    counts = dict.fromkeys(names, 0)
-    if not names or not inspect(get_engine(url)).has_table("trials"):
-        return counts
-    query = (
-        select(_optuna_studies.c.study_name, func.count())
-        .join(_optuna_trials, _optuna_trials.c.study_id == _optuna_studies.c.study_id)
-        .where(
-            _optuna_studies.c.study_name.in_(names),
-            # a native enum on PostgreSQL, a string on SQLite: compare as text on both
-            cast(_optuna_trials.c.state, String) == "COMPLETE",
-        )
-        .group_by(_optuna_studies.c.study_name)
-    )
-    with session_scope(url) as s:
-        counts.update({name: n for name, n in s.execute(query).all()})
-    return counts
-
-
 def claimable_studies(url: str) -> list[str]:
     """Studies a coordinator should drive, oldest first: those queued, then those whose
     coordinator died (running or cancelling, with no lease or a lapsed one). A study that was
@@ -148,11 +110,11 @@ def claimable_studies(url: str) -> list[str]:
         .outerjoin(LeaseModel, LeaseModel.study_name == StudyModel.name)
         .where(
             or_(
-                StudyModel.status == "queued",
+                StudyModel.status == StudyStatus.QUEUED,
                 StudyModel.status.in_(TAKEN_OVER) & lapsed,
             )
         )
-        .order_by((StudyModel.status != "queued"), StudyModel.created_at)
+        .order_by((StudyModel.status != StudyStatus.QUEUED), StudyModel.created_at)
     )
     with session_scope(url) as s:
         return list(s.scalars(query))
@@ -164,12 +126,12 @@ def requeue(url: str, name: str) -> str:
         result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
             update(StudyModel)
             .where(StudyModel.name == name, StudyModel.status.in_(RESUMABLE))
-            .values(status="queued", message="resume requested", updated_at=utcnow())
+            .values(status=StudyStatus.QUEUED, message="resume requested", updated_at=utcnow())
         )
     if result.rowcount:
-        return "queued"
+        return StudyStatus.QUEUED
     status = get_study(url, name).status  # raises StudyNotFound
-    if status in ("queued", "running"):
+    if status in (StudyStatus.QUEUED, StudyStatus.RUNNING):
         return status  # already on its way: resuming twice is not an error
     raise StudyStateError(
         f"study {name!r} is {status}; only an interrupted or cancelled study can be resumed"
@@ -198,9 +160,13 @@ def set_status(
 def request_cancel(url: str, name: str) -> str:
     """Mark a study for cancellation; its coordinator stops it. Returns the new status."""
     record = get_study(url, name)
-    if record.status in ("completed", "failed", "cancelled"):
+    if record.status in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED):
         return record.status
-    status = "cancelled" if record.status in ("queued", "interrupted") else "cancelling"
+    status = (
+        StudyStatus.CANCELLED
+        if record.status in (StudyStatus.QUEUED, StudyStatus.INTERRUPTED)
+        else StudyStatus.CANCELLING
+    )
     set_status(url, name, status, "cancelled by request")
     return status
 

@@ -22,6 +22,7 @@ from service.executor.base import Job, JobFn, Outcome
 from service.redaction import safe_url
 from service.store import studies as store
 from service.store.db import TRANSIENT, is_transient
+from service.store.models import StudyStatus
 from service.tuning.admission import admit_executor, check_runnable
 from service.tuning.spec import SpecError, parse_spec
 from service.tuning.specfile import cut
@@ -97,7 +98,7 @@ class Coordinator:
             reason = f"internal error: {type(e).__name__}: {cut(str(e))}"
             log.error("study %s failed: %s", name, reason)
             log.debug("study %s failed", name, exc_info=True)
-            store.set_status(self.config.url, name, "failed", reason)
+            store.set_status(self.config.url, name, StudyStatus.FAILED, reason)
         finally:
             self.current = None
 
@@ -105,9 +106,9 @@ class Coordinator:
         """Run one study to its end (or until the service stops)."""
         url = self.config.url
         record = store.get_study(url, name)
-        if record.status == "cancelling":  # its coordinator died before it could stop it
+        if record.status == StudyStatus.CANCELLING:  # its coordinator died before stopping it
             if store.acquire_lease(url, name, self.holder, self.config.timing.lease):
-                store.set_status(url, name, "cancelled", "cancelled by request")
+                store.set_status(url, name, StudyStatus.CANCELLED, "cancelled by request")
                 store.release_lease(url, name, self.holder)
             return
         try:  # admitted again: the machine may have changed since (a task's files, GPUs)
@@ -116,7 +117,9 @@ class Coordinator:
             executor = admit_executor(spec, self.config.executor, self.config.ray_address)
         except SpecError as e:
             log.warning("study %s cannot start: %s", name, "; ".join(e.problems))
-            store.set_status(url, name, "failed", f"cannot start: {'; '.join(e.problems)}")
+            store.set_status(
+                url, name, StudyStatus.FAILED, f"cannot start: {'; '.join(e.problems)}"
+            )
             return
         log.info("coordinator %s drives study %s", self.holder, name)
         try:
@@ -134,7 +137,9 @@ class Coordinator:
         except LeaseLost as e:
             log.warning("%s", e)
         except ServiceStopping:
-            store.set_status(url, name, "queued", "the service stopped; it continues on restart")
+            store.set_status(
+                url, name, StudyStatus.QUEUED, "the service stopped; it continues on restart"
+            )
 
 
 class Backoff:

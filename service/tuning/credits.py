@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from trainers.config import TrainConfig, method_options
+from trainers.config import TrainConfig
 
 if TYPE_CHECKING:
     from shaping.explain import Explanation
@@ -37,10 +37,7 @@ def credit_samples(
     if not samples:
         return [], "the inner run recorded no sample responses"
     weights = dict(config.shaping.weights)
-    options = {k: dict(v) for k, v in config.shaping.options.items()}
-    for method in weights:  # seeded methods draw as the run's did
-        if "seed" in method_options(method):
-            options.setdefault(method, {}).setdefault("seed", config.seed)
+    options = config.method_options()  # seeded methods draw as the run's did
     out = []
     try:
         # Where the run scored: a reward model too large for the CPU stays off it.

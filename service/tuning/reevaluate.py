@@ -23,8 +23,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
+from service.formatting import number
+from service.tuning.contracts import InnerJob, InnerResult, TrialRecord
 from service.tuning.inner import run_inner
-from service.tuning.report import REEVALUATION
+from service.tuning.read import REEVALUATION
 from service.tuning.spec import StudySpec
 from service.tuning.storage import open_storage
 from service.tuning.study import incumbent, run_key, sparse_arm, stderr
@@ -56,17 +58,18 @@ def reevaluate(
     fresh = [spec.seed + FRESH_SEEDS + k for k in range(seeds)]
     jobs = [_job(spec, url, home, t, k, seed) for t in arms for k, seed in enumerate(fresh)]
     values = _run(executor, jobs, on_run)
-    out_arms = []
+    out_arms: list[dict[str, Any]] = []
     for t in arms:
         runs = [values[(t.number, k)] for k in range(seeds)]
+        record = TrialRecord.from_trial(t)
         out_arms.append(
             {
                 "trial": t.number,
-                "label": t.user_attrs.get("label") or "incumbent",
-                "weights": t.user_attrs.get("weights"),
-                "knobs": t.user_attrs.get("knobs", {}),
+                "label": record.label or "incumbent",
+                "weights": record.weights,
+                "knobs": record.knobs,
                 "study_value": t.value,
-                "study_stderr": t.user_attrs.get("stderr"),
+                "study_stderr": record.stderr,
                 "values": runs,
                 **_mean(runs),
             }
@@ -102,49 +105,49 @@ def _arms(study: optuna.Study, spec: StudySpec, number: int | None) -> list[Froz
     return [chosen] if sparse is None or sparse.number == chosen.number else [chosen, sparse]
 
 
-def _job(
-    spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: int
-) -> dict[str, Any]:
-    config = spec.train_config(t.user_attrs["weights"], t.user_attrs.get("knobs", {}), seed)
+def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: int) -> InnerJob:
+    record = TrialRecord.from_trial(t)
+    config = spec.train_config(record.weights or {}, record.knobs, seed)
     run_dir = home / "studies" / spec.name / "reevaluation" / run_key(t.params) / f"seed{seed}"
-    return {
-        "study": spec.name,
-        "storage": url,
-        "trial_id": None,
-        "trial_number": t.number,
-        "seed_index": k,
-        "config": config.to_dict(),
-        "home": str(home),
-        "run_dir": str(run_dir),
-        "heartbeat_s": 0.0,
-        "objective": spec.objective,
-        "target": spec.target,
-        "prune": False,
-        "credit": False,
-    }
+    return InnerJob(
+        study=spec.name,
+        storage=url,
+        trial_id=None,  # a run of no trial: nothing to heartbeat
+        trial_number=t.number,
+        seed_index=k,
+        config=config.to_dict(),
+        home=str(home),
+        run_dir=str(run_dir),
+        heartbeat_s=0.0,
+        objective=spec.objective,
+        target=spec.target,
+        prune=False,
+        credit=False,
+    )
 
 
 def _run(
-    executor: Executor, jobs: list[dict[str, Any]], on_run: Callable[[str], None] | None
+    executor: Executor, jobs: list[InnerJob], on_run: Callable[[str], None] | None
 ) -> dict[tuple[int, int], float]:
     queue, values = list(jobs), {}
     while queue or executor.running():
         while queue and executor.running() < executor.slots:
             executor.submit(run_inner, queue.pop(0))
         for outcome in executor.wait(POLL_S):
-            job, result = outcome.job, outcome.result or {}
-            where = f"trial {job['trial_number']}, seed {job['config']['seed']}"
-            error = outcome.error or result.get("error")
-            if error or result.get("stopped_early"):
+            job: InnerJob = outcome.job
+            result: InnerResult | None = outcome.result
+            where = f"trial {job.trial_number}, seed {job.config['seed']}"
+            error = outcome.error or (result.error if result else "no result")
+            if error or result is None or result.stopped_early:
                 executor.shutdown()
                 why = error or "stopped early (the study was cancelled)"
                 raise ReevaluationError(
                     f"the re-evaluation run of {where} failed: {why}; "
                     "running the command again continues from the finished runs"
                 )
-            values[(job["trial_number"], job["seed_index"])] = float(result["value"])
+            values[(job.trial_number, job.seed_index)] = float(result.value)
             if on_run:
-                on_run(f"{where}: {result['value']:.4f}")
+                on_run(f"{where}: {number(result.value)}")
     return values
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import optuna
 
+from service.tuning.contracts import control_label
 from service.tuning.spec import StudySpec
 
 
@@ -62,4 +63,4 @@ def control_arms(spec: StudySpec) -> list[tuple[str, dict[str, float]]]:
         for name, k in spec.knobs.items()
     }
     order = sorted(spec.methods, key=lambda m: m != "sparse")  # sparse first
-    return [(f"pure {m}", {**vertex_params(spec.methods, m), **knobs}) for m in order]
+    return [(control_label(m), {**vertex_params(spec.methods, m), **knobs}) for m in order]

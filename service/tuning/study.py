@@ -19,7 +19,7 @@ import statistics
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
+from service.formatting import estimate
 from service.store import studies as store
 from service.store.artifacts import record_artifacts
+from service.store.models import STOPPING, StudyStatus
 from service.tuning import space
+from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord, write
 from service.tuning.inner import run_inner
 from service.tuning.objective import direction
 from service.tuning.samplers import make_sampler
@@ -74,7 +77,7 @@ class _InFlight:
     trial: optuna.Trial
     weights: dict[str, float]
     knobs: dict[str, float]
-    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    results: dict[int, InnerResult] = field(default_factory=dict)
 
 
 def run_study(
@@ -111,13 +114,13 @@ def run_study(
     renewer.start()
     # A cancel that came while this coordinator was taking the study up stands: the loop
     # sees it on its first turn and ends the study cancelled.
-    store.set_status(url, spec.name, "running", "", unless=("cancelling", "cancelled"))
+    store.set_status(url, spec.name, StudyStatus.RUNNING, "", unless=STOPPING)
     try:
         progress = _Loop(spec, url, home, executor, timing, lost, on_progress).run()
     except BaseException as e:
         executor.shutdown()
         if not (isinstance(e, LeaseLost) or lost.is_set()):  # the status is the new holder's
-            store.set_status(url, spec.name, "interrupted", f"{type(e).__name__}: {e}")
+            store.set_status(url, spec.name, StudyStatus.INTERRUPTED, f"{type(e).__name__}: {e}")
         raise
     finally:
         stop_renewing.set()
@@ -156,9 +159,9 @@ class _Loop:
         self.study = _open_study(spec, self.storage)
         self.sampler_config: dict[str, Any] = self.study.user_attrs["sampler"]
         self.in_flight: dict[int, _InFlight] = {}  # trial number -> its runs
-        self.queue: list[dict[str, Any]] = []  # jobs waiting for a free worker slot
+        self.queue: list[InnerJob] = []  # jobs waiting for a free worker slot
         self.failures = sum(
-            1 for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("failed_for")
+            1 for t in self.study.get_trials(deepcopy=False) if TrialRecord.from_trial(t).failed_for
         )
         _retry_orphans(self.study)
 
@@ -167,17 +170,18 @@ class _Loop:
             if self.lost.is_set():
                 raise LeaseLost(f"another coordinator took study {self.spec.name!r} over")
             status = store.get_study(self.url, self.spec.name).status
-            if status in ("cancelling", "cancelled"):
-                return self._finish("cancelled", "cancelled by request")
+            if status in STOPPING:
+                return self._finish(StudyStatus.CANCELLED, "cancelled by request")
             for flight in self.in_flight.values():  # queued runs have no worker beating yet
                 self.storage.record_heartbeat(flight.trial._trial_id)
             optuna.storages.fail_stale_trials(self.study)
             done = self._count(TrialState.COMPLETE)
             if done >= self.spec.budget and not self.in_flight:
-                return self._finish("completed", "")
+                return self._finish(StudyStatus.COMPLETED, "")
             if self.failures >= self.spec.max_failures:
                 return self._finish(
-                    "failed", f"{self.failures} trials failed (max_failures); see their reasons"
+                    StudyStatus.FAILED,
+                    f"{self.failures} trials failed (max_failures); see their reasons",
                 )
             while done + len(self.in_flight) < self.spec.budget and not self.queue:
                 self._start_trial()
@@ -198,91 +202,91 @@ class _Loop:
         self.study.sampler = make_sampler(self.sampler_config, started)
         trial = self.study.ask()
         weights, knobs = space.suggest(trial, self.spec)
-        trial.set_user_attr("weights", weights)
-        trial.set_user_attr("knobs", knobs)
+        write(trial, TrialRecord(weights=weights, knobs=knobs))
         self.in_flight[trial.number] = _InFlight(trial, weights, knobs)
         runs = run_key(trial.params)
         for k in range(self.spec.seeds):
             config = self.spec.train_config(weights, knobs, seed=self.spec.seed + k)
             self.queue.append(
-                {
-                    "study": self.spec.name,
-                    "storage": self.url,
-                    "trial_id": trial._trial_id,
-                    "trial_number": trial.number,
-                    "seed_index": k,
-                    "config": config.to_dict(),
-                    "home": str(self.home),
+                InnerJob(
+                    study=self.spec.name,
+                    storage=self.url,
+                    trial_id=trial._trial_id,
+                    trial_number=trial.number,
+                    seed_index=k,
+                    config=config.to_dict(),
+                    home=str(self.home),
                     # Named by the parameters, not the trial: a retried trial (a new
                     # number, the same parameters) continues from the checkpoint.
-                    "run_dir": str(
+                    run_dir=str(
                         self.home / "studies" / self.spec.name / "runs" / runs / f"seed{k}"
                     ),
-                    "heartbeat_s": self.timing.heartbeat,
-                    "objective": self.spec.objective,
-                    "target": self.spec.target,
-                    "prune": self.spec.pruner != "none",
-                    "credit": k == 0,  # the trial keeps the first seed's samples
-                }
+                    heartbeat_s=self.timing.heartbeat,
+                    objective=self.spec.objective,
+                    target=self.spec.target,
+                    prune=self.spec.pruner != "none",
+                    credit=k == 0,  # the trial keeps the first seed's samples
+                )
             )
 
-    def _record(
-        self, job: dict[str, Any], result: dict[str, Any] | None, error: str | None
-    ) -> None:
-        flight = self.in_flight.get(job["trial_number"])
+    def _record(self, job: InnerJob, result: InnerResult | None, error: str | None) -> None:
+        flight = self.in_flight.get(job.trial_number)
         if flight is None:
             return
-        if result and result.get("artifacts"):
+        if result and result.artifacts:
             record_artifacts(
                 self.url,
                 self.spec.name,
-                job["trial_number"],
-                job["seed_index"],
-                result["host"],
-                result["artifacts"],
+                job.trial_number,
+                job.seed_index,
+                result.host,
+                [asdict(a) for a in result.artifacts],
             )
-        flight.results[job["seed_index"]] = result or {"error": error or "no result"}
+        lost = InnerResult(job.seed_index, host="", error=error or "no result")
+        flight.results[job.seed_index] = result or lost
         if len(flight.results) < self.spec.seeds:
             return
-        del self.in_flight[job["trial_number"]]
+        del self.in_flight[job.trial_number]
         self._tell(flight)
 
     def _tell(self, flight: _InFlight) -> None:
         trial, seeds = flight.trial, [flight.results[k] for k in sorted(flight.results)]
-        errors = [r["error"] for r in seeds if r.get("error")]
+        errors = [r.error for r in seeds if r.error]
         if errors:
-            trial.set_user_attr("failed_for", errors[0])
+            write(trial, TrialRecord(failed_for=errors[0]))
             self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
             log.warning("trial %d failed: %s", trial.number, errors[0])
             self._report(f"trial {trial.number} failed: {errors[0]}")
             return
-        values = [float(r["value"]) for r in seeds]
-        trial.set_user_attr("seed_values", values)
-        trial.set_user_attr("stderr", stderr(values))
-        trial.set_user_attr("curves", [r["curve"] for r in seeds])
-        trial.set_user_attr(
-            "final",
-            seeds[0]["final"] if len(seeds) == 1 else _mean_dicts([r["final"] for r in seeds]),
+        values = [float(r.value) for r in seeds]
+        write(
+            trial,
+            TrialRecord(
+                seed_values=values,
+                stderr=stderr(values),
+                curves=[r.curve for r in seeds],
+                final=seeds[0].final if len(seeds) == 1 else _mean_dicts([r.final for r in seeds]),
+                samples=seeds[0].samples,
+                sample_credits=seeds[0].sample_credits,
+                sample_credits_note=seeds[0].sample_credits_note,
+            ),
         )
-        trial.set_user_attr("samples", seeds[0]["samples"])
-        trial.set_user_attr("sample_credits", seeds[0].get("sample_credits", []))
-        trial.set_user_attr("sample_credits_note", seeds[0].get("sample_credits_note", ""))
-        if any(r.get("pruned") for r in seeds):
+        if any(r.pruned for r in seeds):
             self.study.tell(trial, state=TrialState.PRUNED)
             self._report(f"trial {trial.number} pruned")
             return
-        if any(r.get("stopped_early") for r in seeds):  # not pruned: the study was cancelled
-            trial.set_user_attr(STOPPED_FOR, "cancelled before its inner runs finished")
+        if any(r.stopped_early for r in seeds):  # not pruned: the study was cancelled
+            write(trial, TrialRecord(stopped_for="cancelled before its inner runs finished"))
             self.study.tell(trial, state=TrialState.FAIL)
             return
         if not all(math.isfinite(v) for v in values):
-            trial.set_user_attr("failed_for", f"non-finite objective values {values}")
+            write(trial, TrialRecord(failed_for=f"non-finite objective values {values}"))
             self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
             return
         self.study.tell(trial, statistics.fmean(values))
-        self._report(f"trial {trial.number}: {statistics.fmean(values):.4f} ± {stderr(values):.4f}")
+        self._report(f"trial {trial.number}: {estimate(statistics.fmean(values), stderr(values))}")
 
     def _report(self, last: str) -> None:
         if self.on_progress:
@@ -294,7 +298,7 @@ class _Loop:
     def _finish(self, status: str, message: str) -> Progress:
         self.executor.shutdown()
         for flight in self.in_flight.values():  # cancelled mid-run
-            flight.trial.set_user_attr(STOPPED_FOR, message or status)
+            write(flight.trial, TrialRecord(stopped_for=message or status))
             self.study.tell(flight.trial, state=TrialState.FAIL)
         self.in_flight.clear()
         store.set_status(self.url, self.spec.name, status, message)
@@ -302,9 +306,6 @@ class _Loop:
 
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-STOPPED_FOR = "stopped_for"
-"""User attribute of a trial failed for no fault of its own (a cancel, a dead coordinator),
-beside `failed_for`, the trial's own error; only the latter counts toward max_failures."""
 
 
 def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
@@ -315,14 +316,14 @@ def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.
         load_if_exists=True,
     )
     if "spec" not in study.user_attrs:  # new: record how to rebuild it, queue the baselines
-        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr("spec", spec.stored())
         study.set_user_attr(
             "sampler",
             {"name": spec.sampler, "seed": spec.seed, "startup_trials": spec.startup_trials},
         )
         if spec.control_arms:
             for label, params in space.control_arms(spec):
-                study.enqueue_trial(params, user_attrs={"label": label})
+                study.enqueue_trial(params, user_attrs=TrialRecord(label=label).to_user_attrs())
     return study
 
 
@@ -334,7 +335,9 @@ def _retry_orphans(study: optuna.Study) -> None:
     storage = study._storage
     retry = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, STOPPED_FOR, "its coordinator died; retried")
+        stopped = TrialRecord(stopped_for="its coordinator died; retried")
+        for key, value in stopped.to_user_attrs().items():
+            storage.set_trial_user_attr(t._trial_id, key, value)
         if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and retry:
             retry(study, t)  # `t` as it was: the retry inherits no stop reason
 
@@ -367,7 +370,7 @@ def incumbent(complete: Sequence[FrozenTrial], objective: str) -> FrozenTrial | 
 
 def sparse_arm(complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
     """The pure-sparse control arm, the baseline."""
-    return next((t for t in complete if t.user_attrs.get("label") == "pure sparse"), None)
+    return next((t for t in complete if TrialRecord.from_trial(t).label == CONTROL_SPARSE), None)
 
 
 def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str = "") -> Progress:
@@ -380,7 +383,7 @@ def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str 
         budget=spec.budget,
         running=running,
         best=None if best is None else best.value,
-        best_weights=None if best is None else best.user_attrs.get("weights"),
+        best_weights=None if best is None else TrialRecord.from_trial(best).weights,
         sparse=None if sparse is None else sparse.value,
         last=last,
     )

@@ -134,6 +134,7 @@ def running(settings: Settings) -> Iterator[str]:
 class Api:
     base: str
     roots: Roots
+    storage: str
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -152,15 +153,16 @@ def api(
         prompt_roots=[roots.prompts],
     )
     with running(settings) as base:
-        yield Api(base, roots)
+        yield Api(base, roots, settings.storage_url())
 
 
 @pytest.fixture(scope="module")
 def idle_api(new_database: NewDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A server without a coordinator: what is queued stays queued."""
     home = tmp_path_factory.mktemp("idle-home")
-    with running(server_settings(new_database(), home, coordinator=False)) as base:
-        yield Api(base, Roots(home, home, home))
+    settings = server_settings(new_database(), home, coordinator=False)
+    with running(settings) as base:
+        yield Api(base, Roots(home, home, home), settings.storage_url())
 
 
 def spec(**fields: Any) -> dict[str, Any]:
@@ -412,6 +414,13 @@ def test_submit_and_watch_through_the_cli(api: Api, tmp_path: Path) -> None:
     assert study["best"]["value"] >= study["sparse"]["value"]
     assert set(study["best"]["weights"]) == {"sparse", "uniform"}
 
+    # One read model: the study's table is the same read from the store and from the API.
+    local = ["--storage", api.storage]
+    for args in (["status", body["name"]], ["status", body["name"], "--json"]):
+        here, there = (runner.invoke(cli_app, [*args, *where]) for where in (local, remote))
+        assert here.exit_code == there.exit_code == 0, (here.output, there.output)
+        assert here.output == there.output
+
     with api.client(READ_TOKEN) as reader:
         trial = reader.get(f"/studies/{body['name']}/trials/0").json()
     assert trial["weights"] == {"sparse": 1.0, "uniform": 0.0}
@@ -636,4 +645,4 @@ def test_the_api_never_answers_5xx(idle_api: Api, mode: GenerationMode) -> None:
             )
 
         call()
-    assert "POST /api/v1/studies" in tried and len(tried) == 9
+    assert "POST /api/v1/studies" in tried and len(tried) == 10  # every operation, /curves included

@@ -74,11 +74,11 @@ def test_tasks_list_and_synthetic(tmp_path: Path) -> None:
 def test_the_default_owner_is_user_at_host_in_the_characters_the_api_accepts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from service import cli_common
+    from service.cli import options
 
-    monkeypatch.setattr(cli_common.getpass, "getuser", lambda: "Jane Doe/ü")
-    monkeypatch.setattr(cli_common.socket, "gethostname", lambda: "box-1.lab")
-    assert cli_common.default_owner() == "Jane_Doe__@box-1.lab"
-    monkeypatch.setattr(cli_common.socket, "gethostname", lambda: "h" * 300)
-    owner = cli_common.default_owner()
+    monkeypatch.setattr(options.getpass, "getuser", lambda: "Jane Doe/ü")
+    monkeypatch.setattr(options.socket, "gethostname", lambda: "box-1.lab")
+    assert options.default_owner() == "Jane_Doe__@box-1.lab"
+    monkeypatch.setattr(options.socket, "gethostname", lambda: "h" * 300)
+    owner = options.default_owner()
     assert len(owner) == 128 and re.fullmatch(r"[A-Za-z0-9._@+-]{1,128}", owner)

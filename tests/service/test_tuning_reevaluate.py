@@ -16,16 +16,15 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from service.api.app import create_app
-from service.api.schemas import StudyPublic
 from service.cli import app as cli_app
 from service.dashboard.routes import router
 from service.executor import InlineExecutor
 from service.executor.base import Executor, Job, JobFn, Outcome
 from service.settings import Settings
-from service.tuning import views
+from service.tuning import read
 from service.tuning.objective import objective_value
+from service.tuning.read import reevaluation
 from service.tuning.reevaluate import FRESH_SEEDS, ReevaluationError, reevaluate
-from service.tuning.report import reevaluation
 from service.tuning.spec import StudySpec, parse_spec
 from service.tuning.study import Timing, run_study
 from trainers.ppo import train
@@ -76,7 +75,9 @@ def test_the_chosen_trial_and_the_sparse_control_run_on_fresh_paired_seeds(
     expected = objective_value(spec.objective, curve, direct.steps, spec.target)
     assert red["values"][0] == pytest.approx(expected)
 
-    assert reevaluation(url, spec.name) == result  # kept with the study
+    kept = reevaluation(url, spec.name)  # kept with the study
+    assert kept is not None and kept.model_dump(mode="json")["seeds"] == result["seeds"]
+    assert [a.mean for a in kept.arms] == [a["mean"] for a in result["arms"]]
     runs = sorted((home / "studies" / spec.name / "reevaluation").glob("*/seed*"))
     assert len(runs) == 6 and all((r / "checkpoint.pt").is_file() for r in runs)
 
@@ -100,10 +101,10 @@ def test_the_incumbent_by_default_alone_when_it_is_the_sparse_arm(
     assert [a["label"] for a in result["arms"]] == ["pure sparse"]
     assert result["difference"] is None
     by_default = reevaluate(spec, url, home, InlineExecutor(), seeds=2)
-    trials = views.trial_page(url, spec.name, 0, 10)["data"]
-    best = max(trials, key=lambda t: t["value"])
-    assert by_default["arms"][0]["trial"] == best["number"]
-    assert by_default["arms"][0]["study_value"] == best["value"]
+    trials = read.trials(url, spec.name).data
+    best = max(trials, key=lambda t: t.value or float("-inf"))
+    assert by_default["arms"][0]["trial"] == best.number
+    assert by_default["arms"][0]["study_value"] == best.value
 
 
 class _LosesFirstWorker(Executor):
@@ -170,7 +171,7 @@ def test_the_cli_api_and_dashboard_show_it(
     shown = runner.invoke(cli_app, ["status", spec.name, *where])
     assert "re-evaluated on fresh seeds" in shown.output
 
-    study = StudyPublic.model_validate(views.study_detail(url, spec.name))
+    study = read.study(url, spec.name)
     assert study.reevaluation is not None and study.reevaluation.seeds == [10005, 10006]
     assert [a.trial for a in study.reevaluation.arms] == [2, 0]
 

@@ -18,6 +18,7 @@ from service.executor import InlineExecutor
 from service.executor.base import Executor, Job, JobFn, Outcome
 from service.store import studies as store
 from service.tuning import inner, space
+from service.tuning.contracts import InnerJob, InnerResult
 from service.tuning.spec import StudySpec, parse_spec
 from service.tuning.study import Progress, Timing, run_study
 
@@ -231,7 +232,7 @@ class BatchExecutor(Executor):
         self.submitted_since_wait = False
         if not (full and self.pending):
             return []
-        self.batches.append(sorted({j["trial_number"] for j in self.pending}))
+        self.batches.append(sorted({j.trial_number for j in self.pending}))
         done, self.pending = self.pending, []
         return [Outcome(j, result=_made_up_result(j)) for j in done]
 
@@ -239,17 +240,11 @@ class BatchExecutor(Executor):
         return len(self.pending)
 
 
-def _made_up_result(job: Job) -> dict[str, Any]:
-    weights = job["config"]["shaping"]["weights"]  # best inside the simplex, not at a vertex
+def _made_up_result(job: InnerJob) -> InnerResult:
+    weights = job.config["shaping"]["weights"]  # best inside the simplex, not at a vertex
     value = -((weights["uniform"] - 0.3) ** 2) - (weights["red"] - 0.5) ** 2
     curve = {"0": {"eval/rm_mean": 0.0}, "4": {"eval/rm_mean": value}}
-    return {
-        "seed_index": job["seed_index"],
-        "value": value,
-        "curve": curve,
-        "final": {},
-        "samples": [],
-    }
+    return InnerResult(job.seed_index, host="test", value=value, curve=curve)
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp"])
@@ -287,9 +282,9 @@ def test_status_json_reports_the_study(tmp_path: Path, make_spec: Spec) -> None:
     report = json.loads(result.output)
     assert report["status"] == "completed" and report["done"] == report["budget"] == 3
     assert [t["label"] for t in report["trials"]] == ["pure sparse", "pure uniform", "pure red"]
-    assert report["sparse"]["number"] == 0
+    assert report["sparse"]["trial"] == 0
     values = {t["number"]: t["value"] for t in report["trials"]}
-    assert values[report["best_trial"]] == max(values.values())
+    assert values[report["best"]["trial"]] == max(values.values())
 
 
 def test_the_median_pruner_stops_trials_behind_the_median_and_the_budget_still_completes(

@@ -10,6 +10,7 @@ from service.api.schemas import (
     Status,
     StudiesPublic,
     StudyAction,
+    StudyCurves,
     StudyPublic,
     StudySummary,
     TrialPublic,
@@ -17,7 +18,7 @@ from service.api.schemas import (
 )
 from service.auth import OWNER_PATTERN
 from service.store import studies as store
-from service.tuning import views
+from service.tuning import read
 from service.tuning.spec import NAME_PATTERN
 
 Owner = Annotated[
@@ -80,7 +81,7 @@ def create_study(
     """Queue a study. The body is a study spec (the schema `shapetune schema` prints); model
     directories and prompt files must lie under the server's allowed folders, sizes within
     its limits, and `storage` is the server's own."""
-    return StudySummary.model_validate(views.submit(url, spec, owner))
+    return read.submit(url, spec, owner)
 
 
 @router.get("", dependencies=[Depends(require_read)])
@@ -92,19 +93,19 @@ def list_studies(
     owner: Owner = None,
 ) -> StudiesPublic:
     """Studies, newest first, a page at a time."""
-    return StudiesPublic.model_validate(views.study_page(url, status, owner, offset, limit))
+    return read.studies(url, status, owner, offset, limit)
 
 
 @router.get("/{name}", dependencies=[Depends(require_read)], responses=NOT_FOUND)
 def read_study(name: Name, url: StorageDep) -> StudyPublic:
     """A study: status, progress, the incumbent's weights and objective ± s.e., control arms."""
-    return StudyPublic.model_validate(views.study_detail(url, name))
+    return read.study(url, name)
 
 
 @router.get("/{name}/trials", dependencies=[Depends(require_read)], responses=NOT_FOUND)
 def list_trials(name: Name, url: StorageDep, offset: Offset = 0, limit: Limit = 20) -> TrialsPublic:
     """A study's trials in the order they started."""
-    return TrialsPublic.model_validate(views.trial_page(url, name, offset, limit))
+    return read.trials(url, name, offset, limit)
 
 
 @router.get("/{name}/trials/{number}", dependencies=[Depends(require_read)], responses=NOT_FOUND)
@@ -112,7 +113,7 @@ def read_trial(
     name: Name, number: Annotated[int, Path(ge=0, le=2**31 - 1)], url: StorageDep
 ) -> TrialPublic:
     """One trial in full: parameters, weights, per-seed values and curves, cost, samples."""
-    return TrialPublic.model_validate(views.trial_detail(url, name, number))
+    return read.trial(url, name, number)
 
 
 @router.get("/{name}/artifacts", dependencies=[Depends(require_read)], responses=NOT_FOUND)
@@ -127,7 +128,13 @@ def list_artifacts(
 ) -> ArtifactsPublic:
     """Files the study's inner runs left on their workers (checkpoints, results), by trial,
     seed and kind."""
-    return ArtifactsPublic.model_validate(views.artifact_page(url, name, trial, offset, limit))
+    return read.artifacts(url, name, trial, offset, limit)
+
+
+@router.get("/{name}/curves", dependencies=[Depends(require_read)], responses=NOT_FOUND)
+def read_curves(name: Name, url: StorageDep) -> StudyCurves:
+    """Each trial's parameters and held-out reward curve (mean over seeds), for plots."""
+    return read.curves(url, name)
 
 
 @router.post(

@@ -1,4 +1,5 @@
-"""What every `shapetune` command shares: the console, the home folder, failing cleanly."""
+"""What every `shapetune` command shares: the option types, the console, the home folder
+and the study database, failing cleanly, logging and the progress bar."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ console = Console()
 HomeOption = Annotated[
     Path | None,
     typer.Option("--home", help="Cache folder (default: $SHAPETUNE_HOME or ~/.shapetune)."),
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--storage", help="Study database URL (default: SQLite under the home)."),
+]
+ExecutorOption = Annotated[
+    str | None, typer.Option("--executor", help="Override the spec's executor: ray or inline.")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join this Ray cluster instead of starting a local one."),
+]
+TaskOption = Annotated[
+    list[str] | None, typer.Option("--option", "-o", help="KEY=VALUE task option.")
 ]
 
 UrlOption = Annotated[
@@ -58,6 +73,37 @@ def default_owner() -> str:
 
 def resolve_home(home: Path | None) -> Path:
     return home.expanduser().resolve() if home else get_settings().resolved_home()
+
+
+def resolve_storage(storage: str | None, home: Path) -> str:
+    """The study database: `--storage`, else SQLite under the home; refused (exit 2) if
+    this install cannot open it."""
+    from service.store.db import default_url
+    from service.tuning.admission import check_storage
+    from service.tuning.spec import SpecError
+
+    database = storage or default_url(home)
+    try:
+        check_storage(database)
+    except SpecError as e:
+        raise fail(str(e)) from e
+    return database
+
+
+def existing_storage(storage: str | None, home: Path) -> str:
+    """`resolve_storage` for commands that read studies: a missing SQLite file is an error,
+    not a new empty database."""
+    from service.redaction import safe_url
+    from service.store.db import sqlite_path
+
+    database = resolve_storage(storage, home)
+    path = sqlite_path(database)
+    if path is not None and not path.is_file():
+        raise fail(
+            f"no study database at {safe_url(database)}; run a study first (`shapetune run SPEC`), "
+            "or give --storage / --home"
+        )
+    return database
 
 
 def fail(message: str) -> typer.Exit:

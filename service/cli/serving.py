@@ -1,4 +1,5 @@
-"""`shapetune serve`: the REST API and the coordinator in one process."""
+"""`shapetune serve | dashboard`: the service (REST API, pages and coordinator) and
+Optuna's own dashboard, each in the foreground until Ctrl+C."""
 
 from __future__ import annotations
 
@@ -7,11 +8,23 @@ from typing import Annotated, Any
 
 import typer
 
-from service.cli_common import HomeOption, console, fail, setup_logging
+from service.cli.options import (
+    HomeOption,
+    StorageOption,
+    console,
+    existing_storage,
+    fail,
+    resolve_home,
+    setup_logging,
+)
+
+DASHBOARD_HOST = "127.0.0.1"
+"""optuna-dashboard has no authentication of its own: loopback only."""
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    for command in (serve, dashboard):
+        app.command()(command)
 
 
 def serve(
@@ -108,3 +121,30 @@ def _shown(error: Any) -> str:
         return "a value, not shown"
     value = error["input"]
     return shorten(safe_url(value) if isinstance(value, str) else value)
+
+
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 8080,
+    storage: StorageOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Launch optuna-dashboard on the study database, on loopback, until Ctrl+C."""
+    # Its standard views (history, importances, slices, contours) need nothing from
+    # shapetune; the service's pages (`shapetune serve`) add the shaping views.
+    from optuna_dashboard import run_server
+
+    from service.store.db import StoreError
+    from service.tuning.storage import open_storage
+
+    database = existing_storage(storage, resolve_home(home))
+    try:
+        rdb = open_storage(database)
+    except (StoreError, ValueError) as e:
+        raise fail(str(e)) from e
+    # The URL first, flushed: scripts and tests read it from a pipe.
+    typer.echo(f"optuna-dashboard: http://{DASHBOARD_HOST}:{port}/  (Ctrl+C stops it)")
+    typer.get_text_stream("stdout").flush()
+    try:
+        run_server(rdb, host=DASHBOARD_HOST, port=port)
+    except OSError as e:  # the port is taken
+        raise fail(f"cannot serve on {DASHBOARD_HOST}:{port}: {e}; choose another --port") from e

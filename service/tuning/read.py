@@ -1,0 +1,291 @@
+"""The one read model of a study: every function returns the API's schemas
+(`service.api.schemas`), and the API, the dashboard and the CLI (locally, or through the API
+with `--url`) all render those, so a study looks the same everywhere.
+
+Trials are read through one long-lived Optuna study per process (`study_trials`): Optuna
+caches finished trials, so a page over a study of 1,000 trials costs one small query once
+the first read is done.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from service.api.schemas import (
+    Arm,
+    Artifact,
+    ArtifactsPublic,
+    Reevaluation,
+    StudiesPublic,
+    StudyCurves,
+    StudyPublic,
+    StudySummary,
+    TrialPublic,
+    TrialsPublic,
+    TrialSummary,
+)
+from service.store import studies as store
+from service.store.artifacts import page_artifacts
+from service.store.models import StudyModel, StudyStatus
+from service.tuning.contracts import TrialRecord
+from service.tuning.objective import CURVE_KEY, direction
+from service.tuning.spec import StudySpec
+from service.tuning.storage import open_storage
+
+REEVALUATION = "reevaluation"
+"""The study user attribute that keeps the latest re-evaluation of the incumbent."""
+MAX_CURVE_POINTS = 100
+"""Points kept per learning curve in what pages and the API send (first and last kept)."""
+
+
+class TrialNotFound(store.StoreError):
+    pass
+
+
+def submit(url: str, spec: StudySpec, owner: str) -> StudySummary:
+    """Record a study as queued (the coordinator picks it up)."""
+    record = store.create_study(url, spec.name, spec.stored(), owner)
+    return _summary(url, record, [])
+
+
+def studies(
+    url: str,
+    status: StudyStatus | None = None,
+    owner: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> StudiesPublic:
+    """Studies, newest first (`limit` None: all of them)."""
+    records, count = store.page_studies(url, status, offset, limit, owner)
+    return StudiesPublic(
+        data=[_summary(url, r, study_trials(url, r.name)) for r in records], count=count
+    )
+
+
+def study(url: str, name: str) -> StudyPublic:
+    """A study: its progress, the incumbent, the control arms, the re-evaluation."""
+    record = store.get_study(url, name)
+    trials = study_trials(url, name)
+    states = [t.state.name for t in trials]
+    best, sparse = _incumbent(record, trials), _sparse(trials)
+    return StudyPublic(
+        **_summary(url, record, trials).model_dump(),
+        spec=record.spec,
+        direction=direction(record.spec.get("objective", "auc")),
+        counts={s: states.count(s) for s in sorted(set(states))},
+        running=states.count(TrialState.RUNNING.name),
+        failed=states.count(TrialState.FAIL.name),
+        best=_arm(best) if best else None,
+        sparse=_arm(sparse) if sparse else None,
+        control_arms=[_arm(t) for t in trials if TrialRecord.from_trial(t).label],
+        reevaluation=reevaluation(url, name),
+    )
+
+
+def trials(url: str, name: str, offset: int = 0, limit: int | None = None) -> TrialsPublic:
+    """A study's trials in the order they started."""
+    store.get_study(url, name)  # a study unknown to the service is a 404, not an empty page
+    found = study_trials(url, name)
+    end = None if limit is None else offset + limit
+    return TrialsPublic(data=[trial_summary(t) for t in found[offset:end]], count=len(found))
+
+
+def trial(url: str, name: str, number: int) -> TrialPublic:
+    """One trial in full: params, per-seed curves, final metrics and costs, samples."""
+    store.get_study(url, name)
+    t = find_trial(url, name, number)
+    record = TrialRecord.from_trial(t)
+    running = t.state in (TrialState.RUNNING, TrialState.WAITING)
+    default_note = "the trial is still running" if running else "the trial recorded no samples"
+    return TrialPublic(
+        **trial_summary(t).model_dump(),
+        params=t.params,
+        curves=[_downsample_seed(c) for c in record.curves],
+        intermediate_values=t.intermediate_values,
+        final={k: v for k, v in record.final.items() if not k.startswith("cost/")},
+        cost={k: v for k, v in record.final.items() if k.startswith("cost/")},
+        samples=record.samples,
+        sample_credits=record.sample_credits,
+        sample_credits_note=record.sample_credits_note
+        or ("" if record.sample_credits else default_note),
+        artifacts=artifacts(url, name, number).data,
+    )
+
+
+def curves(url: str, name: str) -> StudyCurves:
+    """What plots of a whole study need: each trial's params, and its held-out reward curve
+    (mean over seeds, at most MAX_CURVE_POINTS points)."""
+    store.get_study(url, name)
+    found = study_trials(url, name)
+    return StudyCurves(
+        params={t.number: t.params for t in found},
+        curves={
+            t.number: downsample(mean_curve(record.curves, CURVE_KEY))
+            for t in found
+            if (record := TrialRecord.from_trial(t)).curves
+        },
+    )
+
+
+def artifacts(
+    url: str, name: str, trial: int | None = None, offset: int = 0, limit: int = 1000
+) -> ArtifactsPublic:
+    """The files a study's inner runs (or one trial's) left on their workers."""
+    store.get_study(url, name)
+    rows, count = page_artifacts(url, name, trial, offset, limit)
+    return ArtifactsPublic(data=[Artifact.model_validate(r) for r in rows], count=count)
+
+
+def reevaluation(url: str, name: str) -> Reevaluation | None:
+    """The study's latest re-evaluation of its incumbent (`service.tuning.reevaluate`)."""
+    found = _study(url, name)
+    kept = None if found is None else found.user_attrs.get(REEVALUATION)
+    return Reevaluation.model_validate(kept) if isinstance(kept, dict) else None
+
+
+def trial_summary(t: FrozenTrial) -> TrialSummary:
+    record = TrialRecord.from_trial(t)
+    seconds = (
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else None
+    )
+    return TrialSummary(
+        number=t.number,
+        state=t.state.name,
+        label=record.label,
+        weights=record.weights,
+        knobs=record.knobs,
+        value=t.value,
+        stderr=record.stderr,
+        seed_values=record.seed_values,
+        failed_for=record.failed_for,
+        stopped_for=record.stopped_for,
+        started=t.datetime_start,
+        finished=t.datetime_complete,
+        seconds=seconds,
+    )
+
+
+def _summary(url: str, record: StudyModel, trials: Sequence[FrozenTrial]) -> StudySummary:
+    best, sparse = _incumbent(record, trials), _sparse(trials)
+    holder, lost = _coordinator(url, record)
+    return StudySummary(
+        name=record.name,
+        status=StudyStatus(record.status),
+        owner=record.owner,
+        message=record.message,
+        budget=record.spec.get("budget", 0),
+        done=sum(t.state == TrialState.COMPLETE for t in trials),
+        best_value=None if best is None else best.value,
+        sparse_value=None if sparse is None else sparse.value,
+        coordinator=holder,
+        coordinator_lost=lost,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def _incumbent(record: StudyModel, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    from service.tuning.study import incumbent  # the study loop's own choice, not a copy
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return incumbent(complete, record.spec.get("objective", "auc"))
+
+
+def _sparse(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    from service.tuning.study import sparse_arm
+
+    return sparse_arm([t for t in trials if t.state == TrialState.COMPLETE])
+
+
+def _arm(t: FrozenTrial) -> Arm:
+    row = trial_summary(t)
+    return Arm(
+        trial=t.number,
+        label=row.label,
+        weights=row.weights,
+        knobs=row.knobs,
+        value=row.value,
+        stderr=row.stderr,
+        seed_values=row.seed_values,
+        state=row.state,
+    )
+
+
+def _coordinator(url: str, record: StudyModel) -> tuple[str | None, str | None]:
+    """(who drives the study now, whose lease lapsed while it ran: a lost coordinator)."""
+    lease = store.lease_holder(url, record.name)
+    if lease is None:
+        return None, None
+    holder, expires = lease
+    if expires >= store.utcnow():
+        return holder, None
+    return None, holder if record.status == StudyStatus.RUNNING else None
+
+
+_loaded: dict[tuple[str, str], optuna.Study] = {}
+_loading = threading.Lock()
+
+
+@cache
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    return open_storage(url)
+
+
+def study_trials(url: str, name: str) -> list[FrozenTrial]:
+    """Every trial of the study, shared: callers must not change them."""
+    found = _study(url, name)
+    return [] if found is None else found.get_trials(deepcopy=False)
+
+
+def _study(url: str, name: str) -> optuna.Study | None:
+    with _loading:
+        found = _loaded.get((url, name))
+        if found is None:
+            try:
+                found = optuna.load_study(study_name=name, storage=_storage(url))
+            except KeyError:  # recorded by the service, not yet created in Optuna
+                return None
+            _loaded[(url, name)] = found
+    return found
+
+
+def find_trial(url: str, name: str, number: int) -> FrozenTrial:
+    """Trial `number` of a study the service knows; `TrialNotFound` if it has none."""
+    found = next((t for t in study_trials(url, name) if t.number == number), None)
+    if found is None:
+        raise TrialNotFound(
+            f"study {name!r} has no trial {number} (`shapetune status {name}` lists them)"
+        )
+    return found
+
+
+def mean_curve(curves: Sequence[dict[str, dict[str, float]]], key: str) -> list[tuple[int, float]]:
+    """(step, mean over the seeds that evaluated `key` at that step), by step."""
+    by_step: dict[int, list[float]] = {}
+    for seed_curve in curves:
+        for step, metrics in seed_curve.items():
+            if key in metrics:
+                by_step.setdefault(int(step), []).append(float(metrics[key]))
+    return [(s, statistics.fmean(v)) for s, v in sorted(by_step.items())]
+
+
+def _downsample_seed(curve: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    kept = downsample(sorted(curve.items(), key=lambda item: int(item[0])))
+    return dict(kept)
+
+
+def downsample(points: Sequence[Any], n: int = MAX_CURVE_POINTS) -> list[Any]:
+    """At most `n` of `points`, evenly spaced, the first and the last always kept."""
+    if len(points) <= n:
+        return list(points)
+    last = len(points) - 1
+    return [points[round(i * last / (n - 1))] for i in range(n)]
