@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,10 @@ def _never() -> bool:
     return False
 
 
+def _ignore_step(step: int) -> None:
+    return None
+
+
 @dataclass
 class Hooks:
     """What the outer loop hears from an inner run, and how it stops one."""
@@ -95,6 +99,8 @@ class Hooks:
     """After every step (step 0: the evaluation before training) with that step's metrics."""
     should_stop: Callable[[], bool] = _never
     """Asked before every step; True stops the run (checkpointed) with `stopped_early`."""
+    checkpointed: Callable[[int], None] = _ignore_step
+    """After each checkpoint is written, with its step."""
 
 
 @dataclass
@@ -109,6 +115,8 @@ class TrainResult:
     """Steps done (fewer than asked when stopped early)."""
     stopped_early: bool
     run_dir: Path | None = None
+    resumed_from: int = 0
+    """The step its checkpoint held when this call began (0: it started afresh)."""
 
 
 # ---------------------------------------------------------------------------- build
@@ -188,7 +196,7 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
         progress.record(0, point)
         progress.last = point.metrics | meter.end_step()
         hooks.report(0, progress.last)
-    stopped_early, saved_step = False, progress.step
+    stopped_early, saved_step, resumed_from = False, progress.step, progress.step
     while progress.step < config.steps:
         if hooks.should_stop():
             stopped_early = True
@@ -210,9 +218,11 @@ def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainR
         if run_dir and step % config.checkpoint_interval == 0:
             checkpoint.save_run(run, progress.state(), run_dir)
             saved_step = step
+            hooks.checkpointed(step)
     if run_dir and saved_step != progress.step:
         checkpoint.save_run(run, progress.state(), run_dir)
-    result = progress.result(stopped_early, run_dir)
+        hooks.checkpointed(progress.step)
+    result = replace(progress.result(stopped_early, run_dir), resumed_from=resumed_from)
     if run_dir:
         checkpoint.save_result(asdict(result), run_dir)
     return result

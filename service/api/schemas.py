@@ -152,6 +152,20 @@ class TrialSummary(_Public):
     """Wall time from start to finish (null while it runs)."""
 
 
+class Placement(_Public):
+    """Where one inner run of a trial ran."""
+
+    seed_index: int
+    host: str
+    node: str
+    """The Ray node's id ("" when it ran outside Ray)."""
+    devices: str
+    """CUDA_VISIBLE_DEVICES as the run saw it: the GPUs Ray gave it ("" for none)."""
+    resumed_from: int = 0
+    """The step of the checkpoint it continued from: a retry after a lost worker or node
+    goes on from there (0: it started afresh)."""
+
+
 class TrialsPublic(_Public):
     data: list[TrialSummary]
     count: int
@@ -233,6 +247,8 @@ class TrialPublic(TrialSummary):
     """Why `sample_credits` is empty, when it is."""
     artifacts: list[Artifact]
     """The files its inner runs left (their checkpoints hold the trained policies)."""
+    placements: list[Placement]
+    """Where each of its inner runs ran."""
 
 
 class StudyAction(_Public):

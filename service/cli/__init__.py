@@ -3,8 +3,9 @@
 One module per group of commands, each adding its commands to `app` in `register(app)`:
 `tasks` (prepare, explain, train, tasks list/show), `studies` (run, resume, reevaluate,
 status, cancel, schema, submit), `serving` (serve, dashboard). They share `options` (option
-types, the console, the home and the study database, failing, logging, the progress bar)
-and print through `render`. Commands import what is heavy inside themselves, so that
+types, the console, the home and the study database, failing, logging, the progress bar),
+read studies through `sources` (the store or a running service, the same schemas) and print
+through `render`. Commands import what is heavy inside themselves, so that
 `shapetune --help` and the `--url` commands start fast.
 """
 

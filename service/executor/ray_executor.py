@@ -49,7 +49,8 @@ class RayExecutor(Executor):
                 # Bind every Ray process to 127.0.0.1, never to the machine's other addresses.
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(
-                address=address,
+                # "local": a cluster of its own, never one some other process left running.
+                address=address or "local",
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,

@@ -41,6 +41,17 @@ def record_artifacts(
         )
 
 
+def checkpoint_host(url: str, study: str, path: str) -> str | None:
+    """The host that wrote the checkpoint at `path` for `study`, if the index has it."""
+    query = select(ArtifactModel.host).where(
+        ArtifactModel.study_name == study,
+        ArtifactModel.kind == "checkpoint",
+        ArtifactModel.path == path,
+    )
+    with session_scope(url) as s:
+        return s.scalars(query.limit(1)).first()
+
+
 def page_artifacts(
     url: str, study: str, trial: int | None = None, offset: int = 0, limit: int = 100
 ) -> tuple[list[ArtifactModel], int]:

@@ -46,6 +46,9 @@ class InnerJob:
     """Report each evaluation to the study's pruner and stop when it says so."""
     credit: bool
     """Credit the sample responses token by token (`service.tuning.credits`)."""
+    gpus: float = 0.0
+    """GPUs the executor reserves for the run (the spec's resources.gpus): the run must
+    then find CUDA, on the device Ray gave it."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class InnerResult:
     seed_index: int
     host: str
     artifacts: list[ArtifactFile] = field(default_factory=list)
+    node: str = ""
+    """The Ray node that ran it ("" outside Ray)."""
+    devices: str = ""
+    """CUDA_VISIBLE_DEVICES as the run saw it: the GPUs Ray gave it ("" for none)."""
+    resumed_from: int = 0
+    """The step of the checkpoint it continued from (0: it started afresh)."""
     """The files it left on `host`, for the study's artifacts index."""
     error: str | None = None
     value: float = float("nan")
@@ -99,6 +108,8 @@ class TrialRecord:
     """The trial's own error; counts toward the spec's max_failures."""
     stopped_for: str = ""
     """Why it stopped for no fault of its own (a cancel, a coordinator that died)."""
+    placements: list[dict[str, Any]] = field(default_factory=list)
+    """Where each seed's inner run ran: seed_index, host, Ray node, the GPUs it was given."""
 
     def to_user_attrs(self) -> dict[str, Any]:
         """The attributes this record sets (those that differ from an empty record)."""
@@ -109,6 +120,17 @@ class TrialRecord:
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in trial.user_attrs.items() if k in known})
+
+
+def placement(result: InnerResult) -> dict[str, Any]:
+    """Where an inner run ran, as a trial keeps it."""
+    return {
+        "seed_index": result.seed_index,
+        "host": result.host,
+        "node": result.node,
+        "devices": result.devices,
+        "resumed_from": result.resumed_from,
+    }
 
 
 def write(trial: Any, record: TrialRecord) -> None:

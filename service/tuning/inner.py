@@ -8,16 +8,19 @@ into a folder named by the trial's parameters, so a retried trial continues from
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from service.store.artifacts import checkpoint_host, record_artifacts
 from service.store.models import STOPPING
 from service.store.studies import get_study
 from service.tuning.contracts import ArtifactFile, InnerJob, InnerResult
@@ -48,13 +51,19 @@ def run_inner(job: InnerJob) -> InnerResult:
         beat.start()
     run_dir = Path(job.run_dir)
     try:
+        _check_checkpoint_visible(job)
         config = TrainConfig.from_dict({**job.config, "run_dir": job.run_dir})
+        config = _on_given_device(config, job.gpus)
         run_dir.mkdir(parents=True, exist_ok=True)
         task = make_task(config.task.name, Path(job.home), **config.task.options)
         report = None
         if job.prune and storage is not None and job.trial_id is not None:
             report = _pruning_report(job.study, job.trial_id, storage, pruned)
-        hooks = Hooks(report=report or Hooks().report, should_stop=_stop_check(job, pruned))
+        hooks = Hooks(
+            report=report or Hooks().report,
+            should_stop=_stop_check(job, pruned),
+            checkpointed=_index_checkpoint(job) if job.trial_id is not None else _ignore,
+        )
         result = train(config, task, hooks)
     except Exception as e:  # the run failed for a reason of its own: the trial records it
         log.warning("inner run of trial %s failed:\n%s", job.trial_id, traceback.format_exc())
@@ -79,19 +88,100 @@ def run_inner(job: InnerJob) -> InnerResult:
         sample_credits=credits,
         sample_credits_note=credits_note,
         steps=result.steps,
+        resumed_from=result.resumed_from,
         stopped_early=result.stopped_early,
         pruned=pruned.is_set(),
     )
 
 
+def _check_checkpoint_visible(job: InnerJob) -> None:
+    """A run retried on another node must continue from its checkpoint, not start again
+    unseen: if the index says one was written for this run folder and this node cannot see
+    it, the run fails naming the fix."""
+    path = Path(job.run_dir) / CHECKPOINT
+    if path.is_file() or job.trial_id is None:
+        return
+    host = checkpoint_host(job.storage, job.study, str(path))
+    if host is not None:
+        raise RuntimeError(
+            f"this run's checkpoint {str(path)!r}, written on {host}, is not visible on "
+            f"{socket.gethostname()}: mount SHAPETUNE_HOME at the same path on every node "
+            "(a shared filesystem), so that a retry continues where the run was"
+        )
+
+
+def _index_checkpoint(job: InnerJob) -> Callable[[int], None]:
+    """Record the run's checkpoint in the artifacts index when it is first written: a retry
+    on another node then knows there is one to continue from."""
+    recorded = threading.Event()
+
+    def checkpointed(step: int) -> None:
+        if recorded.is_set():
+            return
+        path = Path(job.run_dir) / CHECKPOINT
+        files = [{"kind": "checkpoint", "path": str(path), "bytes": path.stat().st_size}]
+        try:
+            record_artifacts(
+                job.storage,
+                job.study,
+                job.trial_number,
+                job.seed_index,
+                socket.gethostname(),
+                files,
+            )
+            recorded.set()
+        except Exception as e:  # a database hiccup: the next checkpoint tries again
+            log.warning("cannot index the checkpoint of %s: %s", job.run_dir, e)
+
+    return checkpointed
+
+
+def _ignore(step: int) -> None:
+    return None
+
+
+def _on_given_device(config: TrainConfig, gpus: float) -> TrainConfig:
+    """A run given GPUs trains on CUDA, on the device Ray made visible to it (it is then
+    `cuda:0` here); on a worker whose torch sees no CUDA it fails saying so, rather than
+    train on the CPU in a GPU's slot."""
+    if not gpus or config.device not in ("auto", "cuda"):
+        return config
+    import torch
+
+    if not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise RuntimeError(
+            f"this inner run was given {gpus:g} GPU(s) (CUDA_VISIBLE_DEVICES={visible}) "
+            f"but torch on {socket.gethostname()} sees no CUDA device (torch "
+            f"{torch.__version__}); install a CUDA build of torch on the GPU workers, or "
+            "set resources.gpus: 0"
+        )
+    return replace(config, device="cuda")
+
+
 def _artifacts(run_dir: Path) -> dict[str, Any]:
-    """The files the run left, for the study's artifacts index: where, and on which host."""
+    """The files the run left, for the study's artifacts index, and where it ran: host,
+    Ray node, the GPUs it was given."""
     files = [
         ArtifactFile(kind, str(run_dir / name), (run_dir / name).stat().st_size)
         for kind, name in (("checkpoint", CHECKPOINT), ("result", RESULT))
         if (run_dir / name).is_file()
     ]
-    return {"host": socket.gethostname(), "artifacts": files}
+    return {
+        "host": socket.gethostname(),
+        "artifacts": files,
+        "node": _ray_node(),
+        "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+
+
+def _ray_node() -> str:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+    except Exception:  # no Ray here, or not in a Ray worker: the host name says enough
+        return ""
 
 
 def _compact(metrics: dict[str, float]) -> dict[str, float]:

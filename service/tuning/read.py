@@ -116,6 +116,7 @@ def trial(url: str, name: str, number: int) -> TrialPublic:
         sample_credits_note=record.sample_credits_note
         or ("" if record.sample_credits else default_note),
         artifacts=artifacts(url, name, number).data,
+        placements=record.placements,
     )
 
 

@@ -123,6 +123,7 @@ def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: in
         target=spec.target,
         prune=False,
         credit=False,
+        gpus=spec.resources.gpus,
     )
 
 

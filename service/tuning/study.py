@@ -32,7 +32,14 @@ from service.store import studies as store
 from service.store.artifacts import record_artifacts
 from service.store.models import STOPPING, StudyStatus
 from service.tuning import space
-from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord, write
+from service.tuning.contracts import (
+    CONTROL_SPARSE,
+    InnerJob,
+    InnerResult,
+    TrialRecord,
+    placement,
+    write,
+)
 from service.tuning.inner import run_inner
 from service.tuning.objective import direction
 from service.tuning.samplers import make_sampler
@@ -226,6 +233,7 @@ class _Loop:
                     target=self.spec.target,
                     prune=self.spec.pruner != "none",
                     credit=k == 0,  # the trial keeps the first seed's samples
+                    gpus=self.spec.resources.gpus,
                 )
             )
 
@@ -252,8 +260,9 @@ class _Loop:
     def _tell(self, flight: _InFlight) -> None:
         trial, seeds = flight.trial, [flight.results[k] for k in sorted(flight.results)]
         errors = [r.error for r in seeds if r.error]
+        placements = [placement(r) for r in seeds if r.host]  # a lost worker left none
         if errors:
-            write(trial, TrialRecord(failed_for=errors[0]))
+            write(trial, TrialRecord(failed_for=errors[0], placements=placements))
             self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
             log.warning("trial %d failed: %s", trial.number, errors[0])
@@ -270,6 +279,7 @@ class _Loop:
                 samples=seeds[0].samples,
                 sample_credits=seeds[0].sample_credits,
                 sample_credits_note=seeds[0].sample_credits_note,
+                placements=placements,
             ),
         )
         if any(r.pruned for r in seeds):

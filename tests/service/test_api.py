@@ -477,13 +477,19 @@ def test_a_stopping_service_puts_its_study_back_in_the_queue(
 ) -> None:
     settings = server_settings(new_database(), tmp_path)
     body = spec(budget=8)
-    with running(settings) as base, Api(base, Roots(tmp_path, tmp_path, tmp_path)).client() as c:
+    with (
+        running(settings) as base,
+        Api(base, Roots(tmp_path, tmp_path, tmp_path), settings.storage_url()).client() as c,
+    ):
         c.post("/studies", json=body)
         wait_for(lambda: c.get(f"/studies/{body['name']}").json()["done"] >= 1)
     left = get_study(settings.storage_url(), body["name"])
     assert (left.status, left.message) == ("queued", "the service stopped; it continues on restart")
     assert lease_holder(settings.storage_url(), body["name"]) is None
-    with running(settings) as base, Api(base, Roots(tmp_path, tmp_path, tmp_path)).client() as c:
+    with (
+        running(settings) as base,
+        Api(base, Roots(tmp_path, tmp_path, tmp_path), settings.storage_url()).client() as c,
+    ):
         done = wait_for(lambda: _terminal(c, body["name"]))
         assert done["status"] == "completed" and done["done"] == body["budget"]
 

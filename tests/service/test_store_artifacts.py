@@ -3,7 +3,9 @@ come by trial, seed and kind."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +55,46 @@ def test_pages_are_ordered_by_trial_seed_and_kind_and_filter_by_trial(url: str) 
     rows, count = page_artifacts(url, "s", trial=2)
     assert count == 4 and {r.trial_number for r in rows} == {2}
     assert page_artifacts(url, "nope") == ([], 0)
+
+
+def test_a_retry_that_cannot_see_its_checkpoint_says_so(
+    tmp_path: Path, make_spec: Callable[..., dict[str, Any]]
+) -> None:
+    """A run's checkpoint is indexed when first written; a retry on a node that cannot see it
+    (no shared SHAPETUNE_HOME) fails naming the fix instead of starting again from step 0."""
+    import shutil
+
+    import optuna
+
+    from service.executor import InlineExecutor
+    from service.tuning.contracts import InnerJob
+    from service.tuning.inner import run_inner
+    from service.tuning.spec import parse_spec
+    from service.tuning.study import run_study
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = parse_spec(make_spec(methods=["sparse"], budget=1, seeds=1, control_arms=False))
+    run_study(spec, url, tmp_path, InlineExecutor())
+    (checkpoint,) = [a for a in page_artifacts(url, spec.name)[0] if a.kind == "checkpoint"]
+    trial = optuna.load_study(study_name=spec.name, storage=url).trials[0]
+    job = InnerJob(
+        study=spec.name,
+        storage=url,
+        trial_id=trial._trial_id,
+        trial_number=0,
+        seed_index=0,
+        config=spec.train_config({"sparse": 1.0}, {}, spec.seed).to_dict(),
+        home=str(tmp_path),
+        run_dir=str(Path(checkpoint.path).parent),
+        heartbeat_s=1.0,
+        objective=spec.objective,
+        target=None,
+        prune=False,
+        credit=False,
+    )
+    seen = run_inner(job)  # the folder is here: it continues from the checkpoint
+    assert seen.error is None and seen.resumed_from == spec.inner["steps"]
+    shutil.rmtree(job.run_dir)  # as a node without the shared folder sees it
+    lost = run_inner(job)
+    assert lost.error is not None and "is not visible on" in lost.error, lost.error
+    assert "mount SHAPETUNE_HOME at the same path on every node" in lost.error
