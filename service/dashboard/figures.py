@@ -258,24 +258,33 @@ def parallel(
                     "line": {"color": highlight[t["number"]], "width": 3},
                 }
             )
-    data.append(  # the colour bar: a trace of no points
-        {
-            "type": "scatter",
-            "mode": "markers",
-            "x": [None],
-            "y": [None],
-            "showlegend": False,
-            "hoverinfo": "skip",
-            "marker": {
-                "color": [low, high],
-                "cmin": low,
-                "cmax": high,
-                "colorscale": "Viridis",
-                "showscale": True,
-                "colorbar": {"title": {"text": "objective"}, "x": 1.02},
-            },
-        }
-    )
+    data.append(_colour_bar(low, high))
+    return {"data": data, "layout": _parallel_layout(title, axes)}
+
+
+def _colour_bar(low: float, high: float) -> dict[str, Any]:
+    """A trace of no points whose only use is the colour bar of the objective."""
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "x": [None],
+        "y": [None],
+        "showlegend": False,
+        "hoverinfo": "skip",
+        "marker": {
+            "color": [low, high],
+            "cmin": low,
+            "cmax": high,
+            "colorscale": "Viridis",
+            "showscale": True,
+            "colorbar": {"title": {"text": "objective"}, "x": 1.02},
+        },
+    }
+
+
+def _parallel_layout(title: str, axes: list[Axis]) -> dict[str, Any]:
+    """One vertical axis per parameter, named on top, its bounds written at its ends."""
+    D = len(axes)
     ends = [
         {
             "x": i,
@@ -288,7 +297,7 @@ def parallel(
         for i, a in enumerate(axes)
         for y, v, shift in ((0, a.bounds[0], -10), (1, a.bounds[1], 10))
     ]
-    layout = _layout(
+    return _layout(
         title,
         height=420,
         xaxis={
@@ -305,7 +314,6 @@ def parallel(
         legend={"orientation": "h", "y": -0.02},
         margin={"l": 30, "r": 30, "t": 70, "b": 30},
     )
-    return {"data": data, "layout": layout}
 
 
 def _arm_name(t: dict[str, Any], best: int | None) -> str:
