@@ -66,8 +66,9 @@ def test_a_study_survives_losing_a_node(
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     # Two seeds a trial, one CPU a run, one CPU a node: each trial's runs on both nodes.
-    # Runs of 24 steps checkpointing every 2: the kill lands after a checkpoint.
-    inner = {**TINY_INNER, "steps": 24, "eval_interval": 8, "checkpoint_interval": 2}
+    # Runs of 150 steps (seconds each) checkpointing every 2: the kill lands after a
+    # checkpoint and well before the run's end, on an idle machine too.
+    inner = {**TINY_INNER, "steps": 150, "eval_interval": 50, "checkpoint_interval": 2}
     body = {
         "name": "two-nodes",
         "task": {"name": "synthetic"},
@@ -110,7 +111,7 @@ def test_a_study_survives_losing_a_node(
             httpx.get(f"{api}/two-nodes/trials/{n}", headers=headers, timeout=30).json()
             for n in range(3)
         ]
-    print(f"multi-node study: {time.monotonic() - started:.0f} s")
+    seconds = time.monotonic() - started
     assert final["status"] == "completed", final["message"]
     assert final["done"] == body["budget"]
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3
@@ -121,5 +122,9 @@ def test_a_study_survives_losing_a_node(
     # by Ray on the head, from its checkpoint, not from step 0.
     retried = [p for n, p in placed if n == 1 and p["resumed_from"] > 0]
     assert retried and all(p["node"] == cluster["head"] for p in retried), placed
+    print(
+        f"multi-node study: {seconds:.0f} s; the lost run resumed at step",
+        retried[0]["resumed_from"],
+    )
     after = {p["node"] for n, p in placed if n == 2}
     assert after == {cluster["head"]}  # nothing more on the dead node
