@@ -55,6 +55,9 @@ def one(nodes: int) -> dict[str, float]:
         started = time.perf_counter()
         run_study(spec, f"sqlite:///{home}/studies.db", Path(home), executor)
         seconds = time.perf_counter() - started
+    import ray
+
+    ray.shutdown()  # the driver leaves first: Ray refuses to remove the node it is on
     cluster.shutdown()
     return {"nodes": nodes, "slots": executor.slots, "seconds": round(seconds, 1)}
 

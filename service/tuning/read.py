@@ -208,17 +208,9 @@ def _sparse(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 
 def _arm(t: FrozenTrial) -> Arm:
-    row = trial_summary(t)
-    return Arm(
-        trial=t.number,
-        label=row.label,
-        weights=row.weights,
-        knobs=row.knobs,
-        value=row.value,
-        stderr=row.stderr,
-        seed_values=row.seed_values,
-        state=row.state,
-    )
+    """The trial's summary as a point of comparison (the fields an `Arm` has)."""
+    shared = set(Arm.model_fields) & set(TrialSummary.model_fields)
+    return Arm(trial=t.number, **trial_summary(t).model_dump(include=shared))
 
 
 def _coordinator(url: str, record: StudyModel) -> tuple[str | None, str | None]:

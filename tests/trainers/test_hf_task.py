@@ -180,12 +180,6 @@ def test_damaged_safetensors_are_named_before_loading(
 def test_max_response_length_comes_from_the_positions(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
-    task = make_task(
-        "hf",
-        tmp_path,
-        policy=str(models["policy"]),
-        reward_model=str(models["rm"]),
-        prompts=str(models["prompts"]),
-    )
+    task = make_task("hf", tmp_path, **_copy_models(models, tmp_path))
     longest = max(len(p) for split in ("train", "eval") for p in task.prompts(split))
     assert task.max_response_length() == 64 - longest  # n_positions=64 in the fixture
