@@ -77,10 +77,8 @@ def _limits(spec: StudySpec, settings: Settings) -> list[str]:
         if option in spec.task.options:
             sizes.append((f"task.options.{option}", spec.task.options[option], limit, variable))
     problems = []
-    for field, value, limit, variable in sizes:
-        if not isinstance(value, int) or isinstance(value, bool):
-            problems.append(f"{field}: give a whole number (got {value!r})")
-        elif value > limit:
+    for field, value, limit, variable in sizes:  # whole numbers: `parse_spec` checked types
+        if value > limit:
             problems.append(
                 f"{field}: {value} is over this server's limit of {limit} (SHAPETUNE_{variable})"
             )

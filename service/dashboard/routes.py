@@ -25,7 +25,7 @@ from service.auth import SESSION_COOKIE, reads_open, session_value, token_role
 from service.dashboard import figures
 from service.heatmap import sample_table
 from service.store.models import LIVE
-from service.store.studies import StoreError, StudyNotFound
+from service.store.studies import StoreError, StudyNotFound, get_study
 from service.tuning import read
 from service.tuning.read import TrialNotFound
 
@@ -124,14 +124,11 @@ def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
 @router.get("/studies/{name}/trials/{number}", response_class=HTMLResponse, dependencies=Reader)
 def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTMLResponse:
     try:
-        study = read.study(where.url, name)
-        trial = {
-            **read.trial(where.url, name, number).model_dump(),
-            "study": name,
-            "spec": study.spec,
-        }
+        trial = read.trial(where.url, name, number).model_dump()
+        study = get_study(where.url, name)  # its spec and status only: no whole-study read
     except StoreError as e:
         return _problem(request, e)
+    trial |= {"study": name, "spec": study.spec}
     live = study.status in LIVE and trial["state"] in ("RUNNING", "WAITING")
     return _page(
         request,

@@ -52,7 +52,7 @@ class TrialNotFound(store.StoreError):
 def submit(url: str, spec: StudySpec, owner: str) -> StudySummary:
     """Record a study as queued (the coordinator picks it up)."""
     record = store.create_study(url, spec.name, spec.stored(), owner)
-    return _summary(url, record, [])
+    return _summary(url, record, [], None, None)
 
 
 def studies(
@@ -64,9 +64,11 @@ def studies(
 ) -> StudiesPublic:
     """Studies, newest first (`limit` None: all of them)."""
     records, count = store.page_studies(url, status, offset, limit, owner)
-    return StudiesPublic(
-        data=[_summary(url, r, study_trials(url, r.name)) for r in records], count=count
-    )
+    summaries = []
+    for record in records:
+        trials = study_trials(url, record.name)
+        summaries.append(_summary(url, record, trials, _incumbent(record, trials), _sparse(trials)))
+    return StudiesPublic(data=summaries, count=count)
 
 
 def study(url: str, name: str) -> StudyPublic:
@@ -76,7 +78,7 @@ def study(url: str, name: str) -> StudyPublic:
     states = [t.state.name for t in trials]
     best, sparse = _incumbent(record, trials), _sparse(trials)
     return StudyPublic(
-        **_summary(url, record, trials).model_dump(),
+        **_summary(url, record, trials, best, sparse).model_dump(),
         spec=record.spec,
         direction=direction(record.spec.get("objective", "auc")),
         counts={s: states.count(s) for s in sorted(set(states))},
@@ -175,8 +177,15 @@ def trial_summary(t: FrozenTrial) -> TrialSummary:
     )
 
 
-def _summary(url: str, record: StudyModel, trials: Sequence[FrozenTrial]) -> StudySummary:
-    best, sparse = _incumbent(record, trials), _sparse(trials)
+def _summary(
+    url: str,
+    record: StudyModel,
+    trials: Sequence[FrozenTrial],
+    best: FrozenTrial | None,
+    sparse: FrozenTrial | None,
+) -> StudySummary:
+    """The study's row; `best` and `sparse` are its incumbent and control arm, found once
+    by the caller (`study` also shows them whole)."""
     holder, lost = _coordinator(url, record)
     return StudySummary(
         name=record.name,

@@ -17,14 +17,13 @@ from typer.testing import CliRunner
 from service.api.app import create_app
 from service.cli import app as cli_app
 from service.settings import Settings
+from tests.service.conftest import TINY_INNER
 
 runner = CliRunner()
 MakeSpec = Callable[..., dict[str, Any]]
 
 
 def _inner(**fields: Any) -> dict[str, Any]:
-    from tests.service.conftest import TINY_INNER
-
     inner = json.loads(json.dumps(TINY_INNER))
     for key, value in fields.items():  # "ppo.lr" sets inner["ppo"]["lr"]
         *path, last = key.split(".")
