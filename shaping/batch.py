@@ -58,6 +58,17 @@ class RolloutBatch:
     def lengths(self) -> torch.Tensor:  # (B,)
         return self.response_mask.sum(1)
 
+    def select(self, rows: list[int]) -> RolloutBatch:
+        """The responses `rows` of this batch, as a batch (padding width kept)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return RolloutBatch(
+            self.prompt_ids[index],
+            self.prompt_mask[index],
+            self.response_ids[index],
+            self.response_mask[index],
+            self.scores[index],
+        )
+
     def prompt(self, i: int) -> list[int]:
         ids: list[int] = self.prompt_ids[i][self.prompt_mask[i].bool()].tolist()
         return ids

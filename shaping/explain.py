@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shaping.attribution import ATTRIBUTORS, make_attributor
+from shaping.attribution import ATTRIBUTORS, Attributor, build_attributor
 from shaping.batch import RolloutBatch
 from shaping.reward_model import RewardModel
 from shaping.scorer import RewardScorer
@@ -32,19 +32,35 @@ def explain(
     methods: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     policy_tokenizer: Any = None,
+    states: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[float, list[Explanation]]:
     """The RM's score R of `prompt + response` and each method's credits (each method gets
-    a scorer of its own, so its row count is its own)."""
-    options = options or {}
+    a scorer of its own, so its row count is its own).
+
+    `states`: methods' state as a run's checkpoint keeps it (`Attributor.state`, by
+    method); a method that learns (`amortized`) then credits as trained, learning no more.
+    """
+    options, states = options or {}, states or {}
     score = RewardScorer(rm, policy_tokenizer=policy_tokenizer).score_responses(
         [prompt], [response]
     )
     pad = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
     batch = RolloutBatch.from_lists([list(prompt)], [list(response)], score.tolist(), pad)
+    untrained = [
+        m for m in methods or [] if ATTRIBUTORS.get(m, Attributor).learns and m not in states
+    ]
+    if untrained:
+        raise ValueError(
+            f"method {untrained[0]!r} credits with a network trained during a PPO run: give "
+            "the run's checkpoint (`explain --checkpoint RUN_DIR`), or explain its teacher"
+        )
     out = []
-    for name in methods or list(ATTRIBUTORS):
+    for name in methods or [m for m, a in ATTRIBUTORS.items() if not a.learns or m in states]:
         scorer = RewardScorer(rm, policy_tokenizer=policy_tokenizer)
-        attributor = make_attributor(name, scorer, **options.get(name, {}))
+        attributor = build_attributor(name, scorer, options)
+        if name in states:
+            attributor.load_state(states[name])
+            attributor.freeze()
         credits = attributor.attribute(batch)
         out.append(
             Explanation(

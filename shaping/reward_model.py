@@ -36,16 +36,47 @@ class RewardModel(Protocol):
         ...
 
 
+@runtime_checkable
+class HasStates(Protocol):
+    """A reward model that also hands out its last hidden states (the `amortized` method's
+    inputs), from the same forward pass that scores."""
+
+    def scores_and_states(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) -> what `prefix_scores` gives for a causal RM ((B, T); `scores`' (B,) for
+        any other), and the last layer's hidden states (B, T, H)."""
+        ...
+
+
+def gives_states(rm: object) -> bool:
+    """Whether `rm` gives its hidden states (`HasStates`); a wrapper that always has the
+    method says, in `gives_states`, whether the model it wraps does."""
+    return isinstance(rm, HasStates) and bool(getattr(rm, "gives_states", True))
+
+
+class NoStatesError(TypeError):
+    """A method needs hidden states from a reward model that gives none."""
+
+    def __init__(self, rm: object) -> None:
+        super().__init__(
+            f"method 'amortized' reads the reward model's hidden states, and "
+            f"{type(rm).__name__} gives none: give it a `scores_and_states(ids, mask)` method "
+            "(shaping.reward_model.HasStates), or use the teacher method itself"
+        )
+
+
 def head_prefix_scores(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Score every position of a decoder `*ForSequenceClassification` model: (B, T).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score every position of a decoder `*ForSequenceClassification` model: (B, T), with the
+    hidden states scored (B, T, H).
 
     These models (GPT-2, Llama, Qwen, ...) apply their `score` head to every hidden state and
     pool the last non-pad one; we skip the pooling.
     """
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-    return model.score(hidden).squeeze(-1)  # type: ignore[operator]
+    return model.score(hidden).squeeze(-1), hidden  # type: ignore[operator]
 
 
 class HFRewardModel:
@@ -111,4 +142,12 @@ class HFRewardModel:
                 f"{type(self.model).__name__} cannot score every prefix in one pass; "
                 "score each prefix as its own row instead"
             )
-        return head_prefix_scores(self.model, ids, mask)
+        return head_prefix_scores(self.model, ids, mask)[0]
+
+    def scores_and_states(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.causal:
+            return head_prefix_scores(self.model, ids, mask)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.logits[:, 0], out.hidden_states[-1]

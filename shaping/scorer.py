@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from shaping.align import RmView, retokenize
 from shaping.batch import RolloutBatch
-from shaping.reward_model import RewardModel
+from shaping.reward_model import HasStates, NoStatesError, RewardModel, gives_states
 
 
 class NonFiniteRewardError(ValueError):
@@ -99,6 +99,9 @@ class RewardScorer:
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
         """Every prefix score of the rows `score_responses` scored last (causal RMs), for
         `prefix_values`: one RM row per response serves R and RED."""
+        self._states: dict[tuple[int, ...], torch.Tensor] = {}
+        """The RM's last hidden states (len, H) of the rows `score_responses` scored last,
+        when the RM gives them (`HasStates`), for `response_states`."""
         self._pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
         self.policy_tokenizer = (
             None
@@ -128,12 +131,15 @@ class RewardScorer:
             rows = self.rm.tokenizer(texts, add_special_tokens=True)["input_ids"]
         self.stats.requested_rows += len(rows)
         self._prefixes.clear()  # the previous batch's: of no use from here on
+        self._states.clear()
+        # The same forward pass as a plain score (a causal RM scores at the last token): R
+        # is the last prefix score, and the others wait for `prefix_values`; the hidden
+        # states, for `response_states`.
+        per_row, states = self._score_with_states(rows, prefixes=self.rm.causal)
+        self._states.update((tuple(r), h) for r, h in zip(rows, states, strict=False))
         if not self.rm.causal:
-            scores = torch.stack(self.score_rows(rows))
+            scores = torch.stack(per_row)
         else:
-            # The same forward pass as a plain score (a causal RM scores at the last token):
-            # R is the last prefix score, and the others wait for `prefix_values`.
-            per_row = self.score_rows(rows, prefixes=True)
             self._prefixes.update((tuple(r), v) for r, v in zip(rows, per_row, strict=True))
             scores = torch.stack([v[-1] for v in per_row])
         if (i := first_non_finite(scores)) is not None:
@@ -168,27 +174,48 @@ class RewardScorer:
         if not rows:
             return []
         ids, lengths = self._pad(rows)
-        scores = self._forward_packed(ids, lengths, prefixes)  # (N,) or (N, width)
+        scores, _ = self._forward_packed(ids, lengths, prefixes)  # (N,) or (N, width)
         if prefixes:
             return [scores[j, : len(r)] for j, r in enumerate(rows)]
         return list(scores.unbind())
 
+    def _score_with_states(
+        self, rows: Sequence[Sequence[int]], prefixes: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`score_rows`, and each row's hidden states (len, H) when the RM gives them (none
+        otherwise: `response_states` then says why it cannot run)."""
+        if not gives_states(self.rm):
+            return self.score_rows(rows, prefixes), []
+        ids, lengths = self._pad(rows)
+        scores, states = self._forward_packed(ids, lengths, prefixes, states=True)
+        assert states is not None
+        per_row = [scores[j, : len(r)] if prefixes else scores[j] for j, r in enumerate(rows)]
+        return per_row, [states[j, : len(r)] for j, r in enumerate(rows)]
+
     @torch.no_grad()
     def _forward_packed(
-        self, ids: torch.Tensor, lengths: torch.Tensor, prefixes: bool = False
-    ) -> torch.Tensor:
+        self, ids: torch.Tensor, lengths: torch.Tensor, prefixes: bool = False, states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score right-padded rows (N, width) of the given lengths (N,): (N,), or with
-        `prefixes` (N, width). Rows go through the RM `rows_per_forward` at a time, shortest
-        first, each chunk cut to its longest row so padding stays small."""
+        `prefixes` (N, width); with `states` also the hidden states (N, width, H) from the same
+        pass. Rows go through the RM `rows_per_forward` at a time, shortest first, each chunk
+        cut to its longest row so padding stays small."""
         N, width = ids.shape
         out = torch.zeros((N, width) if prefixes else (N,))
+        hidden: torch.Tensor | None = None
         order = torch.argsort(lengths, stable=True)  # stable: equal rows keep their order
         for chunk in order.split(self.rows_per_forward):
             n = int(lengths[chunk].max())
             chunk_ids = ids[chunk, :n]  # (R, n)
             mask = (torch.arange(n) < lengths[chunk, None]).long()  # (R, n)
             started = time.perf_counter()
-            if prefixes:
+            if states:
+                assert isinstance(self.rm, HasStates)
+                scores, chunk_states = self.rm.scores_and_states(chunk_ids, mask)
+                if hidden is None:
+                    hidden = torch.zeros(N, width, chunk_states.shape[-1])
+                hidden[chunk, :n] = chunk_states.float().cpu()
+            elif prefixes:
                 scores = self.rm.prefix_scores(chunk_ids, mask)
             else:
                 scores = self.rm.scores(chunk_ids, mask)
@@ -199,7 +226,22 @@ class RewardScorer:
                 out[chunk, :n] = scores.float().cpu()
             else:
                 out[chunk] = scores.float().cpu()
-        return out
+        return out, hidden
+
+    def response_states(self, batch: RolloutBatch) -> list[torch.Tensor]:
+        """The RM's last hidden states of each response's tokens: (T_i, H) per response, in
+        the RM's tokens. Read from the pass `score_responses` made; a response it did not
+        score costs one row (its full row, scored again)."""
+        if not gives_states(self.rm):
+            raise NoStatesError(self.rm)
+        rows = [batch.prompt(i) + batch.response(i) for i in range(batch.size)]
+        self.stats.requested_rows += len(rows)
+        missing = [r for r in rows if tuple(r) not in self._states]
+        known = dict(self._states)
+        if missing:
+            _, states = self._score_with_states(missing, prefixes=self.rm.causal)
+            known.update((tuple(r), h) for r, h in zip(missing, states, strict=True))
+        return [known[tuple(r)][len(batch.prompt(i)) :] for i, r in enumerate(rows)]
 
     def coalition_values(
         self, batch: RolloutBatch, coalitions: Sequence[torch.Tensor]
@@ -253,7 +295,7 @@ class RewardScorer:
         lengths = torch.cat(
             [torch.full((k,), b.shape[1]) for k, b in zip(sizes, blocks, strict=True)]
         )
-        return list(self._forward_packed(ids, lengths).split(sizes))
+        return list(self._forward_packed(ids, lengths)[0].split(sizes))
 
     @torch.no_grad()
     def attention_values(self, batch: RolloutBatch) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from shaping.attribution import ATTRIBUTORS, Attributor, make_attributor
+from shaping.attribution import ATTRIBUTORS, Attributor, build_attributor
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
 from shaping.shape import check_weights, conservation_residual, shape_rewards
@@ -35,7 +35,7 @@ class Shaper:
         self.scorer = scorer
         self.weights = {k: float(w) for k, w in weights.items() if w > 0}
         self.attributors: dict[str, Attributor] = {
-            k: make_attributor(k, scorer, **options.get(k, {})) for k in self.weights
+            k: build_attributor(k, scorer, options) for k in self.weights
         }
         self.last_offsets = torch.zeros(0)
         """R - sum_t rewards[t] of the last batch: the prompt-only term the shaping removed."""

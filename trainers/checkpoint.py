@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from shaping.shaper import Shaper
 from trainers.config import RESUMABLE_CHANGES, ConfigError
 from trainers.models import Run
 
@@ -34,7 +33,7 @@ def save_run(run: Run, progress: dict[str, Any], run_dir: Path) -> None:
         "value": run.value.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "rng": rng_states(),
-        "attributor_rng": attributor_rng_states(run.shaper),
+        "attributors": {name: a.state() for name, a in run.shaper.attributors.items()},
         "progress": progress,
     }
     save(state, run_dir)
@@ -58,7 +57,9 @@ def resume(run: Run, run_dir: Path) -> dict[str, Any] | None:
     run.value.load_state_dict(state["value"])
     run.optimizer.load_state_dict(state["optimizer"])
     set_rng_states(state["rng"])
-    set_attributor_rng_states(run.shaper, state["attributor_rng"])
+    # "attributor_rng": what checkpoints held before methods had more state than generators
+    for name, saved in state.get("attributors", state.get("attributor_rng", {})).items():
+        run.shaper.attributors[name].load_state(saved)
     progress: dict[str, Any] = state["progress"]
     log.info("resumed %s at step %d", run_dir, progress["step"])
     return progress
@@ -91,22 +92,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def attributor_rng_states(shaper: Shaper) -> dict[str, dict[str, torch.Tensor]]:
-    """The torch generators the attribution methods hold (sampled Shapley permutations...),
-    so a resumed run draws what the uninterrupted one would have drawn."""
-    return {
-        name: {k: v.get_state() for k, v in vars(a).items() if isinstance(v, torch.Generator)}
-        for name, a in shaper.attributors.items()
-    }
-
-
-def set_attributor_rng_states(shaper: Shaper, states: dict[str, dict[str, torch.Tensor]]) -> None:
-    for name, generators in states.items():
-        attributor = vars(shaper.attributors[name])
-        for key, state in generators.items():
-            attributor[key].set_state(state)
 
 
 def save(state: dict[str, Any], run_dir: Path) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from shaping.reward_model import HFRewardModel, RewardModel
+from shaping.reward_model import HasStates, HFRewardModel, NoStatesError, RewardModel
 from shaping.scorer import RewardScorer
 from shaping.shaper import Shaper
 from trainers.config import ConfigError, PPOConfig, TrainConfig
@@ -228,6 +228,7 @@ class DeviceRewardModel:
         self.tokenizer = rm.tokenizer
         self.mask_token_id = rm.mask_token_id
         self.causal = rm.causal
+        self.gives_states = isinstance(rm, HasStates)
 
     def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rm.scores(ids.to(self.device), mask.to(self.device))
@@ -237,6 +238,13 @@ class DeviceRewardModel:
 
     def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rm.attentions(ids.to(self.device), mask.to(self.device))
+
+    def scores_and_states(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(self.rm, HasStates):
+            raise NoStatesError(self.rm)
+        return self.rm.scores_and_states(ids.to(self.device), mask.to(self.device))
 
 
 @dataclass(kw_only=True)

@@ -118,6 +118,13 @@ def explain(
     ] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a heatmap page.")] = None,
     png_out: Annotated[Path | None, typer.Option("--png", help="Write a heatmap image.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A run folder (`train --run-dir`, or a trial's): explain with the methods' "
+            "options and trained state there (what `amortized` credits with)."
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Per-token credits of one response under every method, with RM rows and time."""
@@ -136,12 +143,15 @@ def explain(
             raise fail(f"task {task_name!r} adds no BOS token: give a non-empty --prompt")
         if not response_ids:
             raise fail("the response is empty after tokenisation: nothing to explain")
+        options, states = _trained_methods(checkpoint) if checkpoint else ({}, {})
         score, rows = run_explain(
             task.load_reward_model(),
             prompt_ids,
             response_ids,
             methods=method,
+            options=options,
             policy_tokenizer=task.tokenizer,
+            states=states,
         )
     except (TaskError, BatchError, ValueError) as e:
         raise fail(str(e)) from e
@@ -154,6 +164,21 @@ def explain(
     if png_out:
         heatmap_png(tokens, score, rows, methods, png_out)
         console.print(f"heatmap image: {png_out}")
+
+
+def _trained_methods(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The methods' options and saved state in a run's checkpoint."""
+    from trainers.checkpoint import load
+    from trainers.config import TrainConfig
+
+    try:
+        saved = load(run_dir)
+    except Exception as e:  # a damaged or foreign file: name it, not torch's unpickler
+        raise fail(f"{run_dir} holds no readable checkpoint ({type(e).__name__}: {e})") from e
+    if saved is None:
+        raise fail(f"{run_dir} holds no checkpoint: give the folder of a run (--run-dir)")
+    config = TrainConfig.from_dict(saved["config"])
+    return config.method_options(), saved.get("attributors", {})
 
 
 def tasks_list() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainers.config import TrainConfig
@@ -32,12 +33,16 @@ def credit_samples(
     the per-token reward the trial trained with, before the KL penalty).
     """
     from shaping.explain import explain
+    from trainers.checkpoint import load
     from trainers.models import DeviceRewardModel, resolve_device
 
     if not samples:
         return [], "the inner run recorded no sample responses"
     weights = dict(config.shaping.weights)
     options = config.method_options()  # seeded methods draw as the run's did
+    # A method that learned during the run (amortized) credits as it ended it.
+    saved = load(Path(config.run_dir)) if config.run_dir else None
+    states = saved.get("attributors", {}) if saved else {}
     out = []
     try:
         # Where the run scored: a reward model too large for the CPU stays off it.
@@ -55,6 +60,7 @@ def credit_samples(
                 methods=list(weights),
                 options=options,
                 policy_tokenizer=task.tokenizer,
+                states=states,
             )
             out.append(
                 {

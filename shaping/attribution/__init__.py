@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from shaping.attribution.amortized import AmortizedAttributor
 from shaping.attribution.attention import AttentionAttributor
 from shaping.attribution.base import Attributor
 from shaping.attribution.lime_explainer import LimeAttributor
@@ -26,6 +27,7 @@ ATTRIBUTORS: dict[str, type[Attributor]] = {
         ShapleyAttributor,
         ShapAttributor,
         LimeAttributor,
+        AmortizedAttributor,
     )
 }
 
@@ -33,6 +35,7 @@ __all__ = [
     "ATTRIBUTORS",
     "Attributor",
     "MethodOptionError",
+    "build_attributor",
     "check_method_options",
     "make_attributor",
 ]
@@ -50,6 +53,27 @@ def check_method_options(name: str, options: Mapping[str, Any]) -> None:
 
 
 def make_attributor(name: str, scorer: RewardScorer, **options: Any) -> Attributor:
+    """Method `name` with these options (an `amortized` one's teacher with its defaults)."""
+    return build_attributor(name, scorer, {name: options})
+
+
+def build_attributor(
+    name: str, scorer: RewardScorer, options: Mapping[str, Mapping[str, Any]]
+) -> Attributor:
+    """Method `name` with its options from `options` (by method, as a run configures them).
+
+    `amortized` gets its teacher built with the teacher method's own options (the ones a
+    user gives as `shapley.permutations=16`, say), seeded from amortized's seed unless they
+    name one.
+    """
+    own = {str(k): v for k, v in options.get(name, {}).items()}
     # Checked first: an unknown option is then a named error, not the constructor's TypeError.
-    check_method_options(name, options)
-    return ATTRIBUTORS[name](scorer, **options)
+    check_method_options(name, own)
+    attributor = ATTRIBUTORS[name](scorer, **own)
+    if isinstance(attributor, AmortizedAttributor) and (
+        taught := options.get(attributor.teacher.name)
+    ):
+        teacher = attributor.teacher.name
+        seeded = {"seed": attributor.teacher_seed, **taught}
+        attributor.teacher = build_attributor(teacher, scorer, {teacher: seeded})
+    return attributor

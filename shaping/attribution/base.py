@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -38,10 +39,14 @@ class Attributor(ABC):
     """False for methods that need only the batch's scores: they stay in the policy's tokens."""
     options: ClassVar[Options] = {}
     """Each constructor keyword after `scorer`, and the values it may take."""
+    learns: ClassVar[bool] = False
+    """True for a method trained as the run goes (`amortized`): its credits depend on the
+    state it learned, which a run's checkpoint keeps (`state`)."""
 
     def __init__(self, scorer: RewardScorer) -> None:
         self.scorer = scorer
         self.seconds = 0.0
+        self.frozen = False
         self.residuals: list[float] = []
         """Mean |pre-rescale residual| / (|R| + 1e-8) of each batch (non-conserving methods)."""
 
@@ -64,18 +69,23 @@ class Attributor(ABC):
         return credits
 
     def _attribute(self, batch: RolloutBatch) -> torch.Tensor:
-        """`attribute`'s work: credits in the RM's tokens, conserved, back in the policy's."""
+        """`attribute`'s work: credits in the RM's tokens, back in the policy's."""
         view = self.scorer.view(batch) if self.reads_rm else RmView(batch)
-        credits = self._credits(view.batch)
-        if credits.shape != view.batch.response_ids.shape:
+        return view.to_policy(self.rm_credits(view.batch)) * batch.response_mask
+
+    def rm_credits(self, batch: RolloutBatch) -> torch.Tensor:
+        """Conserved credits (B, T) of a batch already in the RM's tokens (`scorer.view`);
+        uncounted in `seconds` (`amortized` asks its teacher for these)."""
+        credits = self._credits(batch)
+        if credits.shape != batch.response_ids.shape:
             raise AssertionError(f"{self.name} returned {tuple(credits.shape)} credits")
-        credits = credits * view.batch.response_mask
+        credits = credits * batch.response_mask
         if not self.conserves:
-            target = view.batch.scores - self.offsets(view.batch)
-            credits, residual = conserve(credits, target, view.batch.response_mask)
-            scale = view.batch.scores.abs() + 1e-8
+            target = batch.scores - self.offsets(batch)
+            credits, residual = conserve(credits, target, batch.response_mask)
+            scale = batch.scores.abs() + 1e-8
             self.residuals.append(float((residual.abs() / scale).mean()))
-        return view.to_policy(credits) * batch.response_mask
+        return credits
 
     @abstractmethod
     def _credits(self, batch: RolloutBatch) -> torch.Tensor: ...
@@ -83,6 +93,21 @@ class Attributor(ABC):
     def offsets(self, batch: RolloutBatch) -> torch.Tensor:
         """b(x), (B,): what a non-conserving method's credits should leave out of R."""
         return torch.zeros(batch.size)
+
+    def freeze(self) -> None:
+        """Credit with what the method has learned, learning no more (a trained `amortized`
+        explaining one response); methods that learn nothing credit as ever."""
+        self.frozen = True
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to draw what the uninterrupted one would have: the torch
+        generators the method holds, by attribute. Methods with more state add theirs."""
+        return {k: v.get_state() for k, v in vars(self).items() if isinstance(v, torch.Generator)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            if isinstance(generator := vars(self).get(key), torch.Generator):
+                generator.set_state(value)
 
     def metrics(self) -> dict[str, float]:
         out = {f"cost/{self.name}_seconds": self.seconds}

@@ -19,7 +19,8 @@ samples per feature for responses of up to 50 tokens.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -68,6 +69,18 @@ class LimeAttributor(Attributor):
             mask_string=MASK_WORD,
             random_state=seed,
         )
+
+    def state(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, gauss = self.explainer.random_state.get_state()
+        keys = torch.from_numpy(keys.astype(np.int64))  # a tensor: checkpoints load weights_only
+        return {**super().state(), "random_state": [kind, keys, position, has_gauss, gauss]}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)
+        if "random_state" in state:  # older checkpoints kept torch generators only
+            kind, keys, position, has_gauss, gauss = state["random_state"]
+            random_state = (kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss)
+            self.explainer.random_state.set_state(random_state)
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
         credits = torch.zeros(batch.response_ids.shape)

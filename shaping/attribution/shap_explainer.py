@@ -29,9 +29,9 @@ RM rows per response, for `max_evals` E (v(N) is the batch's score and costs not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -147,6 +147,14 @@ class ShapAttributor(Attributor):
         super().__init__(scorer)
         self.algorithm, self.max_evals = algorithm, max_evals
         self.rng = np.random.default_rng(seed)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)
+        if "rng" in state:  # older checkpoints kept torch generators only
+            self.rng.bit_generator.state = dict(state["rng"])
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
         credits = torch.zeros(batch.response_ids.shape)

@@ -31,9 +31,11 @@ def test_explain_on_the_tiny_builtin_rm(tiny_home: Path, tiny_prepared: Prepared
         terminal_width=250,
     )
     assert result.exit_code == 0, result.output
-    assert all(name in result.output for name in ATTRIBUTORS)
+    # every method but amortized, which needs a trained network (a run's checkpoint)
+    shown = [name for name, method in ATTRIBUTORS.items() if not method.learns]
+    assert all(name in result.output for name in shown) and "amortized" not in result.output
     text = page.read_text()
-    assert text.count("<tr><th>") == 1 + len(ATTRIBUTORS)  # the header, one row per method
+    assert text.count("<tr><th>") == 1 + len(shown)  # the header, one row per method
     assert "<script" not in text  # self-contained: nothing to fetch
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -54,3 +56,27 @@ def test_explain_refuses_bad_input(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "unknown attribution method 'magic'" in unknown.output
     missing = runner.invoke(app, ["explain", "hello", "--home", str(tmp_path)])
     assert missing.exit_code == 2 and "shapetune prepare" in missing.output
+
+
+def test_amortized_credit_is_explained_with_the_network_a_run_trained(tmp_path: Path) -> None:
+    synthetic = ["--task", "synthetic", "-o", "n_words=16", "-o", "response_length=6"]
+    run_dir = tmp_path / "run"
+    trained = runner.invoke(
+        app,
+        [
+            *("train", *synthetic, "--weights", "amortized=0.5,sparse=0.5", "--steps", "3"),
+            *("-m", "amortized.label_fraction=0.25", "-m", "shapley.permutations=4"),
+            *("--ppo", "rollout_batch=8", "--ppo", "minibatch=4", "--ppo", "epochs=1"),
+            *("--eval-prompts", "8", "--device", "cpu", "--threads", "1"),
+            *("--run-dir", str(run_dir)),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    explain = ["explain", *synthetic, "--prompt", "w1", "--response", "w3 w4 w5", "-m", "amortized"]
+    untrained = runner.invoke(app, explain)
+    assert untrained.exit_code == 2 and "explain --checkpoint RUN_DIR" in untrained.output
+    result = runner.invoke(app, [*explain, "--checkpoint", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "amortized" in result.output
+    missing = runner.invoke(app, [*explain, "--checkpoint", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "holds no checkpoint" in missing.output

@@ -62,6 +62,12 @@ class PoisonedReward:
         hit = self._seen(ids, mask)[:, -1:]
         return self.rm.attentions(ids, mask).masked_fill(hit, float("nan"))
 
+    def scores_and_states(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.prefix_scores(ids, mask) if self.causal else self.scores(ids, mask)
+        return scores, self.rm.scores_and_states(ids, mask)[1]
+
 
 class NonCausalReward:
     """The synthetic RM as a non-causal one (an encoder's [CLS] score): no prefix scores."""
@@ -78,6 +84,11 @@ class NonCausalReward:
 
     def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rm.attentions(ids, mask)
+
+    def scores_and_states(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scores(ids, mask), self.rm.scores_and_states(ids, mask)[1]
 
 
 @pytest.fixture

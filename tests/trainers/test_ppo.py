@@ -165,12 +165,20 @@ def test_imdb_tiny_run_with_the_reward_model_critic(
     assert result.costs["cost/rm_rows_per_response"] == pytest.approx(1.0)
 
 
-def test_resume_after_a_stop_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["shapley", "amortized"])
+def test_resume_after_a_stop_equals_the_uninterrupted_run(method: str, tmp_path: Path) -> None:
     # Sampled Shapley values (more players than max_exact_players) draw from the
-    # attributor's own RNG: the resumed run must continue that stream as well.
+    # attributor's own RNG: the resumed run must continue that stream as well; amortized
+    # credit, its network, optimizer, replay buffer and error estimates too.
     cfg = config(
-        {"shapley": 0.5, "sparse": 0.5},
-        {"shapley": {"max_exact_players": 2, "permutations": 4}},
+        {method: 0.5, "sparse": 0.5},
+        {
+            "shapley": {"max_exact_players": 2, "permutations": 4},
+            # LIME, not Shapley: on this game sampled Shapley values are exact (an antithetic
+            # pair splits a pairwise interaction evenly), so its draws would change nothing.
+            "amortized": {"label_fraction": 0.25, "teacher": "lime"},
+            "lime": {"num_samples": 16},
+        },
         steps=4,
         eval_interval=2,
         checkpoint_interval=3,

@@ -86,6 +86,14 @@ class SyntheticReward(torch.nn.Module):
     def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.contributions(ids, mask).sum(dim=1)
 
+    def scores_and_states(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This reward has no layers: a token's "hidden state" is its one-hot id, which tells
+        a credit network what the token is but not, unlike an RM's state, its context."""
+        states = torch.nn.functional.one_hot(ids * mask, self.u.shape[0]).float()
+        return self.prefix_scores(ids, mask), states * mask[..., None]
+
     def attentions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """This reward has no attention layers: each position's share of the absolute
         contributions stands in for it, so attention-based credit runs on this task too."""

@@ -278,7 +278,7 @@ def train_reward_model(
         rows = _mask_tokens(rows, mask_id, mask_share, max_mask_rate, rng)
         ids, attn = _pad([[bos, *r] for r in rows], pad)
         y = torch.tensor(labels, dtype=torch.float32)[:, None].expand_as(ids)
-        scores = head_prefix_scores(model, ids, attn)  # (B, T)
+        scores = head_prefix_scores(model, ids, attn)[0]  # (B, T)
         per_token = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
         valid = attn.float()
         valid[:, 0] = 0.0  # the BOS position has seen no text
@@ -320,6 +320,6 @@ def rm_scores(
     for i in range(0, len(order), 32):
         chunk = order[i : i + 32]
         ids, mask = _pad([[bos, *docs[j][: max_tokens - 1]] for j in chunk], pad)
-        scores = head_prefix_scores(model, ids, mask)[torch.arange(len(chunk)), mask.sum(1) - 1]
+        scores = head_prefix_scores(model, ids, mask)[0][torch.arange(len(chunk)), mask.sum(1) - 1]
         out.extend(zip(chunk, scores.tolist(), strict=True))
     return np.array([s for _, s in sorted(out)])
