@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -36,6 +37,17 @@ ARMS: dict[str, dict[str, Any]] = {
     # of 16 responses costs 8,000 RM rows, beyond this benchmark's CPU budget.
     "shap": {"weights": {"shap": 1.0}, "options": {"shap": {"max_evals": 100}}},
     "lime": {"weights": {"lime": 1.0}, "options": {"lime": {"num_samples": 100}}},
+    # The fair comparison: every arm's critic starts from the reward model, as the strong
+    # sparse baseline's does (--baseline "sparse (critic: RM)").
+    "red (critic: RM)": {"weights": {"red": 1.0}, "ppo": {"critic_init": "reward_model"}},
+    "shapley (tokens, critic: RM)": {
+        "weights": {"shapley": 1.0},
+        "ppo": {"critic_init": "reward_model"},
+    },
+    "amortized (critic: RM)": {
+        "weights": {"amortized": 1.0},
+        "ppo": {"critic_init": "reward_model"},
+    },
 }
 BASELINE = "sparse (critic: policy)"
 
@@ -89,8 +101,8 @@ def _first_reaching(run: dict[str, Any], target: float) -> tuple[float, float]:
     return float("nan"), float("nan")
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    base = [r for r in runs if r["arm"] == BASELINE]
+def summarize(runs: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, float]]:
+    base = [r for r in runs if r["arm"] == baseline]
     target = statistics.fmean(_series(r, "eval/rm_mean")[1][-1] for r in base)
     base_kl = statistics.fmean(_series(r, "eval/kl")[1][-1] for r in base)
     table = {}
@@ -192,6 +204,7 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--baseline", default=BASELINE, help="The arm whose final is the target.")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--home", default=str(Path("~/.shapetune").expanduser()))
     parser.add_argument("--out", type=Path, required=True)
@@ -207,11 +220,11 @@ def main() -> None:
     started = time.perf_counter()
     with ProcessPoolExecutor(a.processes) as pool:
         runs = list(pool.map(one_run, *zip(*jobs, strict=True)))
-    table = summarize(runs)
-    target = table[BASELINE]["final_rm"]
+    table = summarize(runs, a.baseline)
+    target = table[a.baseline]["final_rm"]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
-        "command": f"bench/methods_bench.py --steps {a.steps} --seeds {a.seeds} --batch {a.batch}",
+        "command": " ".join(["bench/methods_bench.py", *map(repr, sys.argv[1:])]),
         "settings": settings,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "table": table,

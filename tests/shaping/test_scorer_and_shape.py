@@ -5,6 +5,7 @@ import torch
 
 from shaping.attribution import make_attributor
 from shaping.batch import BatchError, RolloutBatch
+from shaping.reward_model import NoStatesError
 from shaping.scorer import NonFiniteRewardError, RewardScorer
 from shaping.shape import check_weights, shape_rewards
 
@@ -117,3 +118,34 @@ def test_nan_credits_are_refused(batch: RolloutBatch) -> None:
     bad = torch.full(batch.response_ids.shape, float("nan"))
     with pytest.raises(ValueError, match="not finite"):
         shape_rewards({"red": bad}, {"red": 1.0})
+
+
+def test_hidden_states_come_from_the_scoring_pass(rm, batch: RolloutBatch) -> None:
+    """`response_states` reads what `score_responses` kept: no row of its own; a response
+    it did not score costs one row; an RM without states is named."""
+    scorer = RewardScorer(rm)
+    prompts = [batch.prompt(i) for i in range(batch.size)]
+    scorer.score_responses(prompts, [batch.response(i) for i in range(batch.size)])
+    rows = scorer.stats.rows
+    states = scorer.response_states(batch)
+    assert scorer.stats.rows == rows
+    for i, s in enumerate(states):  # the synthetic RM's state of a token is its one-hot id
+        assert s.argmax(dim=1).tolist() == batch.response(i)
+    fresh = RewardScorer(rm)
+    again = fresh.response_states(batch)
+    assert fresh.stats.rows == batch.size
+    for a, b in zip(states, again, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_an_rm_without_hidden_states_still_scores(rm, batch: RolloutBatch) -> None:
+    class Plain:  # a custom RM with the three required methods only
+        tokenizer, mask_token_id, causal = rm.tokenizer, rm.mask_token_id, True
+        scores, prefix_scores, attentions = rm.scores, rm.prefix_scores, rm.attentions
+
+    scorer = RewardScorer(Plain())
+    prompts = [batch.prompt(i) for i in range(batch.size)]
+    scores = scorer.score_responses(prompts, [batch.response(i) for i in range(batch.size)])
+    torch.testing.assert_close(scores, batch.scores)
+    with pytest.raises(NoStatesError, match="Plain gives none: give it a `scores_and_states"):
+        scorer.response_states(batch)
