@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c $(LOCK) --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,postgres,botorch]'
 	@# The dashboard's browser test drives Debian's Chromium (never a downloaded browser).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium not installed: the dashboard browser test skips (fails under CI)"
@@ -44,7 +44,7 @@ lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
 	.lock-venv/bin/pip install --quiet $(TORCH)
-	.lock-venv/bin/pip install --quiet -e '.[dev,postgres]'
+	.lock-venv/bin/pip install --quiet -e '.[dev,postgres,botorch]'
 	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/pip freeze --all --exclude-editable \
 		| grep -v -i '^torch==' | sort -f; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import Settings
-from service.tuning.admission import check_resources_here, check_runnable
+from service.tuning.admission import check_resources_here, check_runnable, check_warm_start_here
 from service.tuning.spec import SpecError, StudySpec, TaskSpec, corner_configs, parse_spec
 
 PATH_OPTIONS: dict[str, dict[str, str]] = {
@@ -38,6 +38,7 @@ def admit(data: Any, settings: Settings) -> StudySpec:
     # Store the resolved paths: a symlink swapped after admission cannot redirect the run.
     spec = spec.model_copy(update={"task": TaskSpec(name=spec.task.name, options=options)})
     check_runnable(spec, settings.resolved_home())
+    check_warm_start_here(spec, settings.storage_url())
     check_resources_here(spec, settings.executor)
     return spec
 

@@ -129,6 +129,13 @@ class StudyPublic(StudySummary):
     sparse: Arm | None
     """The pure-sparse control arm, the baseline the shaping is meant to beat."""
     control_arms: list[Arm]
+    importance: dict[str, float] = {}
+    """PED-ANOVA importance of each searched parameter for the first objective (Optuna;
+    sums to 1), once the study has enough completed trials; u<i> (method) is the share of
+    the weight left that method i takes (the stick-breaking coordinate)."""
+    pareto_front: list[int] = []
+    """With a second objective: the completed feasible trials no other one beats on both
+    objectives, by number (the incumbent is the best of them on the first)."""
     reevaluation: Reevaluation | None
     """The latest re-evaluation on fresh seeds, if one was run."""
 
@@ -146,6 +153,19 @@ class TrialSummary(_Public):
     """The trial's own error, if it failed."""
     stopped_for: str
     """Why it stopped for no fault of its own (a cancel, a coordinator that died)."""
+    warm_start: str = ""
+    """"study#number" this trial copies from an earlier study to seed the sampler: it does
+    not count toward the budget and is never the incumbent."""
+    reused_from: str = ""
+    """"study#number" of the earlier study's control arm this study took as its own."""
+    gold: float | None = None
+    """The gold objective (mean over seeds), when the spec's objectives ask for it."""
+    feasible: bool = True
+    """Whether it kept the spec's constraints (kl_max); an infeasible trial is never best."""
+    steps: list[int] = []
+    """PPO steps each seed ran, its compute (empty until the trial is told)."""
+    pruned_at: int | None = None
+    """The step at which the pruner stopped the trial (null: not pruned)."""
     started: LocalTime | None
     finished: LocalTime | None
     seconds: float | None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         StudyPublic,
         StudySummary,
         TrialsPublic,
+        TrialSummary,
     )
     from shaping.explain import Explanation
     from trainers.ppo import TrainResult
@@ -200,6 +201,9 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
     table.add_column("arm", no_wrap=True)
     table.add_column("/".join(methods) or "weights", no_wrap=True)
     table.add_column("objective ± s.e.", justify="right", no_wrap=True)
+    gold = "gold" in study.spec.get("objectives", [])
+    if gold:
+        table.add_column("gold", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
     for t in trials.data:
         table.add_row(
@@ -207,11 +211,18 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
             t.label or ("best" if t.number == best else ""),
             weight_row(t.weights, methods),
             estimate(t.value, t.stderr),
-            t.state.lower() + (f": {t.failed_for}" if t.failed_for else ""),
+            *([number(t.gold)] if gold else []),
+            _state(t),
         )
     console.print(table)
     if study.message:
         console.print(study.message)
+    if study.importance:
+        ranked = sorted(study.importance.items(), key=lambda item: -item[1])
+        console.print("importance (PED-ANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in ranked))
+    if gold:
+        front = ", ".join(map(str, study.pareto_front)) or "none yet"
+        console.print(f"Pareto front ({study.spec.get('objective', 'auc')}, gold): trials {front}")
     if study.best:
         line = f"best: trial {study.best.trial} {weights(study.best.weights)} = "
         line += estimate(study.best.value, study.best.stderr)
@@ -219,6 +230,19 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
             line += f"; pure sparse = {estimate(study.sparse.value, study.sparse.stderr)}"
         console.print(line)
     print_reevaluation(study.reevaluation)
+
+
+def _state(t: TrialSummary) -> str:
+    """The trial's state, why it failed, where it was pruned and what its seeds ran, or that
+    it broke the spec's constraints."""
+    if t.failed_for:
+        return f"{t.state.lower()}: {t.failed_for}"
+    if t.pruned_at is not None:
+        return f"pruned at step {t.pruned_at} (steps run {', '.join(map(str, t.steps))})"
+    if t.warm_start:
+        return f"warm start from {t.warm_start}"
+    shown = t.state.lower() + (f", reused from {t.reused_from}" if t.reused_from else "")
+    return shown + ("" if t.feasible else ", infeasible")
 
 
 def print_reevaluation(found: Reevaluation | None) -> None:

@@ -234,7 +234,7 @@ def _drive(
     from service.redaction import safe_url
     from service.store.models import StudyStatus
     from service.store.studies import StoreError, StudyExists, get_study
-    from service.tuning.admission import admit_executor, check_runnable
+    from service.tuning.admission import admit_executor, check_runnable, check_warm_start_here
     from service.tuning.spec import SpecError, same_study
     from service.tuning.study import StudyBusy, run_study
 
@@ -242,6 +242,7 @@ def _drive(
     database = resolve_storage(storage, home)
     try:
         check_runnable(spec, home)
+        check_warm_start_here(spec, database)
         runner = admit_executor(spec, executor, ray_address)
     except SpecError as e:
         raise fail(str(e)) from e

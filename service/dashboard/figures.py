@@ -56,7 +56,8 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
 
 
 def _complete(detail: dict[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in detail["trials"] if t["state"] == "COMPLETE"]
+    """The study's own completed trials (warm-start copies were measured by another)."""
+    return [t for t in detail["trials"] if t["state"] == "COMPLETE" and not t["warm_start"]]
 
 
 def _weights_text(weights: dict[str, float] | None) -> str:
@@ -393,11 +394,84 @@ def learning_curves(detail: dict[str, Any]) -> Figure | None:
     }
 
 
+def pareto(detail: dict[str, Any]) -> Figure | None:
+    """With a gold objective: every completed trial's objective against its gold score, the
+    Pareto front drawn through. A point far right and low is reward hacking: the RM went up
+    and the gold judge did not follow."""
+    done = [t for t in _complete(detail) if t["gold"] is not None]
+    if not done:
+        return None
+    front = sorted(
+        (t for t in done if t["number"] in detail["pareto_front"]), key=lambda t: t["value"]
+    )
+    points = {
+        "x": [significant(t["value"]) for t in done],
+        "y": [significant(t["gold"]) for t in done],
+    }
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "trial (hollow: infeasible)",
+                **points,
+                "text": [
+                    f"#{t['number']} {t['label'] or _weights_text(t['weights'])}" for t in done
+                ],
+                "hovertemplate": "%{text}<br>%{x:.4f}, gold %{y:.4f}<extra></extra>",
+                "marker": {
+                    "size": 7,
+                    "color": SPARSE,
+                    "symbol": ["circle" if t["feasible"] else "circle-open" for t in done],
+                },
+            },
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "Pareto front",
+                "x": [significant(t["value"]) for t in front],
+                "y": [significant(t["gold"]) for t in front],
+                "line": {"shape": "hv", "color": BEST, "width": 2},
+            },
+        ],
+        "layout": _layout(
+            "Pareto front: objective vs gold judge",
+            xaxis={"title": {"text": detail["spec"].get("objective", "auc")}},
+            yaxis={"title": {"text": "gold"}},
+        ),
+    }
+
+
+def importance(detail: dict[str, Any]) -> Figure | None:
+    """PED-ANOVA importance of each searched parameter, largest on top."""
+    if not detail["importance"]:
+        return None
+    ranked = sorted(detail["importance"].items(), key=lambda item: item[1])
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "x": [significant(v) for _, v in ranked],
+                "y": [name for name, _ in ranked],
+                "marker": {"color": SPARSE},
+            }
+        ],
+        "layout": _layout(
+            "parameter importance (PED-ANOVA)",
+            xaxis={"title": {"text": "share of importance"}},
+            yaxis={"automargin": True},
+        ),
+    }
+
+
 def study_figures(detail: dict[str, Any]) -> dict[str, Figure]:
     """The study page's plots by element id; plots without data are left out."""
     built = {
         "comparison": comparison(detail),
         "history": history(detail),
+        "pareto": pareto(detail),
+        "importance": importance(detail),
         "weights": weights(detail),
         "params": params(detail),
         "curves": learning_curves(detail),

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from service.executor import Executor, check_resources, make_executor
 from service.store.db import StoreError, check_url
+from service.tuning.samplers import SamplerUnavailable, check_available
 from service.tuning.spec import SpecError, StudySpec, corner_configs
 from trainers.config import ConfigError
 from trainers.ppo import check_config
 from trainers.tasks import TaskError, make_task
+from trainers.tasks.base import Task
 
 
 def check_runnable(spec: StudySpec, home: Path) -> None:
@@ -28,6 +30,15 @@ def check_runnable(spec: StudySpec, home: Path) -> None:
     except TaskError as e:
         raise SpecError([f"task: {e}"]) from None
     problems: list[str] = []
+    try:
+        check_available(spec.sampler)
+    except SamplerUnavailable as e:
+        problems.append(f"sampler: {e}")
+    if "gold" in spec.objectives and type(task).gold is Task.gold:
+        problems.append(
+            f"objectives: task {spec.task.name!r} has no gold judge to score the 'gold' "
+            "objective; use a task with one (imdb-sentiment: VADER), or leave objectives out"
+        )
     for config in corner_configs(spec):
         try:
             check_config(config, task)
@@ -70,3 +81,12 @@ def admit_executor(spec: StudySpec, name: str | None, ray_address: str | None) -
         )
     except (ValueError, RuntimeError, ConnectionError) as e:
         raise SpecError([f"executor: {e}"]) from None
+
+
+def check_warm_start_here(spec: StudySpec, url: str) -> None:
+    """`SpecError` unless every study the spec warm-starts from is in the store at `url`
+    and comparable (`service.tuning.warm`)."""
+    from service.tuning.warm import check_warm_start  # reads the store: only when asked
+
+    if spec.warm_start:
+        check_warm_start(spec, url)

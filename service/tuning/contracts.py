@@ -8,10 +8,11 @@ model reads them through it, so no key is spelled twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 
 def control_label(method: str) -> str:
@@ -21,6 +22,21 @@ def control_label(method: str) -> str:
 
 CONTROL_SPARSE = control_label("sparse")
 """The pure-sparse control arm, the baseline every shape is compared with."""
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """How a study judges its trials part-way (`service.tuning.pruning`), as every process
+    that judges one builds the same pruner from it. Steps are PPO steps of the inner run."""
+
+    kind: str
+    """"median" or "hyperband"."""
+    min_resource: int
+    """The first step a trial may be stopped at: the first evaluation after training."""
+    max_resource: int
+    """The inner run's steps: a run that got there has cost all it will, and is not pruned."""
+    reduction_factor: int = 3
+    """Hyperband keeps the best 1 / reduction_factor of a bracket's trials at each rung."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +58,11 @@ class InnerJob:
     heartbeat_s: float
     objective: str
     target: float | None
-    prune: bool
-    """Report each evaluation to the study's pruner and stop when it says so."""
+    pruner: PrunerConfig | None
+    """Report each evaluation, judge the trial once all its seeds have reached a step, and
+    stop when it is pruned (None: the study prunes nothing)."""
+    seeds: int
+    """Inner runs of the trial: its value at a step is their mean there."""
     credit: bool
     """Credit the sample responses token by token (`service.tuning.credits`)."""
     gpus: float = 0.0
@@ -110,6 +129,18 @@ class TrialRecord:
     """Why it stopped for no fault of its own (a cancel, a coordinator that died)."""
     placements: list[dict[str, Any]] = field(default_factory=list)
     """Where each seed's inner run ran: seed_index, host, Ray node, the GPUs it was given."""
+    steps: list[int] = field(default_factory=list)
+    """PPO steps each seed ran (its compute): fewer than the inner run's for a pruned trial."""
+    pruned_at: int | None = None
+    """The step at which the pruner stopped the trial; its seeds stop when they see it."""
+    warm_start: str = ""
+    """"study#number" of an earlier study's trial this one copies to seed the sampler
+    (`spec.warm_start`): it does not count toward the budget and is never the incumbent."""
+    reused_from: str = ""
+    """"study#number" of an earlier study's control arm, measured with this study's inner
+    settings, that this study takes as its own instead of running it again."""
+    gold_values: list[float] = field(default_factory=list)
+    """Per seed, the gold objective (the spec's `objectives: [..., gold]`)."""
 
     def to_user_attrs(self) -> dict[str, Any]:
         """The attributes this record sets (those that differ from an empty record)."""
@@ -120,6 +151,29 @@ class TrialRecord:
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in trial.user_attrs.items() if k in known})
+
+    @staticmethod
+    def progress_key(seed_index: int) -> str:
+        """The attribute in which seed `seed_index` keeps its evaluations as it goes: one per
+        seed, so that seeds running side by side never overwrite each other's."""
+        return f"progress_seed{seed_index}"
+
+    @staticmethod
+    def progress(user_attrs: dict[str, Any], seeds: int) -> list[dict[int, float]]:
+        """Each seed's held-out evaluations so far, step -> value (JSON keeps the steps as
+        strings)."""
+        kept = [user_attrs.get(TrialRecord.progress_key(k), {}) for k in range(seeds)]
+        return [{int(step): float(v) for step, v in seed.items()} for seed in kept]
+
+
+def own_complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials this study measured (reused control arms included): what counts
+    toward its budget and may be its incumbent. Warm-start copies only seed the sampler."""
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and not TrialRecord.from_trial(t).warm_start
+    ]
 
 
 def placement(result: InnerResult) -> dict[str, Any]:
@@ -137,3 +191,10 @@ def write(trial: Any, record: TrialRecord) -> None:
     """Set `record`'s attributes on an Optuna `Trial` (anything with `set_user_attr`)."""
     for key, value in record.to_user_attrs().items():
         trial.set_user_attr(key, value)
+
+
+def write_stored(storage: Any, trial_id: int, record: TrialRecord) -> None:
+    """Set `record`'s attributes on a trial through Optuna's storage, where a process has
+    no `Trial` of it (a worker, a coordinator taking a study over)."""
+    for key, value in record.to_user_attrs().items():
+        storage.set_trial_user_attr(trial_id, key, value)

@@ -23,9 +23,10 @@ import optuna
 from service.store.artifacts import checkpoint_host, record_artifacts
 from service.store.models import STOPPING
 from service.store.studies import get_study
-from service.tuning.contracts import ArtifactFile, InnerJob, InnerResult
+from service.tuning.contracts import ArtifactFile, InnerJob, InnerResult, PrunerConfig, TrialRecord
 from service.tuning.credits import credit_samples
 from service.tuning.objective import CURVE_KEY, objective_value
+from service.tuning.pruning import judge, open_judged_study
 from service.tuning.storage import open_storage
 from trainers.checkpoint import CHECKPOINT, RESULT
 from trainers.config import TrainConfig
@@ -57,8 +58,8 @@ def run_inner(job: InnerJob) -> InnerResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         task = make_task(config.task.name, Path(job.home), **config.task.options)
         report = None
-        if job.prune and storage is not None and job.trial_id is not None:
-            report = _pruning_report(job.study, job.trial_id, storage, pruned)
+        if job.pruner is not None and storage is not None and job.trial_id is not None:
+            report = _progress_report(job, job.pruner, storage, job.trial_id, pruned)
         hooks = Hooks(
             report=report or Hooks().report,
             should_stop=_stop_check(job, pruned),
@@ -222,20 +223,29 @@ def _stop_check(job: InnerJob, pruned: threading.Event) -> Callable[[], bool]:
     return should_stop
 
 
-def _pruning_report(
-    study_name: str, trial_id: int, storage: optuna.storages.RDBStorage, pruned: threading.Event
+def _progress_report(
+    job: InnerJob,
+    config: PrunerConfig,
+    storage: optuna.storages.RDBStorage,
+    trial_id: int,
+    pruned: threading.Event,
 ) -> Callable[[int, dict[str, float]], None]:
-    """Report each evaluation as the trial's intermediate value; set `pruned` when the
-    study's pruner says so (the stop check then ends the run)."""
-    study = optuna.load_study(
-        study_name=study_name, storage=storage, pruner=optuna.pruners.MedianPruner()
-    )
-    trial = optuna.trial.Trial(study, trial_id)
+    """Keep each evaluation in the trial's progress for this seed, then judge the trial
+    (`service.tuning.pruning`); set `pruned` once it is pruned (the stop check then ends
+    the run). A retried trial's progress, inherited from the trial it retries, is kept."""
+    study = open_judged_study(job.study, storage, config)
+    key = TrialRecord.progress_key(job.seed_index)
+    evals: dict[str, float] = dict(storage.get_trial_user_attrs(trial_id).get(key, {}))
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        if CURVE_KEY in metrics:
-            trial.report(metrics[CURVE_KEY], step)
-            if trial.should_prune():
+        if CURVE_KEY not in metrics:
+            return
+        evals[str(step)] = float(metrics[CURVE_KEY])
+        try:
+            storage.set_trial_user_attr(trial_id, key, evals)
+            if judge(study, storage, trial_id, job.seeds, config):
                 pruned.set()
+        except Exception as e:  # a database hiccup must not kill the run: the next evaluation
+            log.warning("progress of trial %s not recorded: %s", trial_id, e)
 
     return report

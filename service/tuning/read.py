@@ -34,13 +34,22 @@ from service.api.schemas import (
 from service.store import studies as store
 from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel, StudyStatus
-from service.tuning.contracts import TrialRecord
-from service.tuning.objective import CURVE_KEY, direction
+from service.tuning.contracts import TrialRecord, own_complete
+from service.tuning.objective import (
+    CURVE_KEY,
+    direction,
+    directions,
+    is_feasible,
+    pareto_front,
+    primary,
+)
 from service.tuning.spec import StudySpec
 from service.tuning.storage import open_storage
 
 REEVALUATION = "reevaluation"
 """The study user attribute that keeps the latest re-evaluation of the incumbent."""
+IMPORTANCE_MIN_TRIALS = 10
+"""Completed trials before parameter importance is shown."""
 MAX_CURVE_POINTS = 100
 """Points kept per learning curve in what pages and the API send (first and last kept)."""
 
@@ -87,6 +96,8 @@ def study(url: str, name: str) -> StudyPublic:
         best=_arm(best) if best else None,
         sparse=_arm(sparse) if sparse else None,
         control_arms=[_arm(t) for t in trials if TrialRecord.from_trial(t).label],
+        pareto_front=_front(record, trials),
+        importance=_cached_importance(url, record, trials),
         reevaluation=reevaluation(url, name),
     )
 
@@ -166,11 +177,19 @@ def trial_summary(t: FrozenTrial) -> TrialSummary:
         label=record.label,
         weights=record.weights,
         knobs=record.knobs,
-        value=t.value,
+        # Optuna gives a pruned trial the reward at the step it was pruned at, which is not
+        # its objective: shown as none, beside its steps.
+        value=None if t.state == TrialState.PRUNED else primary(t),
+        gold=statistics.fmean(record.gold_values) if record.gold_values else None,
+        feasible=is_feasible(t),
         stderr=record.stderr,
         seed_values=record.seed_values,
         failed_for=record.failed_for,
         stopped_for=record.stopped_for,
+        steps=record.steps,
+        pruned_at=record.pruned_at,
+        warm_start=record.warm_start,
+        reused_from=record.reused_from,
         started=t.datetime_start,
         finished=t.datetime_complete,
         seconds=seconds,
@@ -193,9 +212,9 @@ def _summary(
         owner=record.owner,
         message=record.message,
         budget=record.spec.get("budget", 0),
-        done=sum(t.state == TrialState.COMPLETE for t in trials),
-        best_value=None if best is None else best.value,
-        sparse_value=None if sparse is None else sparse.value,
+        done=len(own_complete(trials)),
+        best_value=None if best is None else primary(best),
+        sparse_value=None if sparse is None else primary(sparse),
         coordinator=holder,
         coordinator_lost=lost,
         created_at=record.created_at,
@@ -206,14 +225,71 @@ def _summary(
 def _incumbent(record: StudyModel, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     from service.tuning.study import incumbent  # the study loop's own choice, not a copy
 
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return incumbent(complete, record.spec.get("objective", "auc"))
+    return incumbent(own_complete(trials), record.spec.get("objective", "auc"))
+
+
+def importance(spec: dict[str, Any], trials: Sequence[FrozenTrial]) -> dict[str, float]:
+    """PED-ANOVA importance (Watanabe et al. 2023, Optuna's evaluator) of each parameter for
+    the first objective, over the study's own completed trials: none before
+    IMPORTANCE_MIN_TRIALS, whose best tenth (PED-ANOVA's top quantile) is then at least one
+    trial."""
+    own = own_complete(trials)
+    if len(own) < IMPORTANCE_MIN_TRIALS:
+        return {}
+    # An in-memory copy scored on the first objective alone: the study may have two, and it
+    # may hold warm-start copies measured by another study.
+    scored = optuna.create_study(direction=direction(spec.get("objective", "auc")))
+    scored.add_trials(
+        [
+            optuna.trial.create_trial(
+                value=primary(t), params=t.params, distributions=t.distributions
+            )
+            for t in own
+        ]
+    )
+    found = optuna.importance.get_param_importances(
+        scored, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+    )
+    methods = spec.get("methods", [])
+    return {_param_label(name, methods): float(v) for name, v in found.items()}
+
+
+_importances: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
+
+
+def _cached_importance(
+    url: str, record: StudyModel, trials: Sequence[FrozenTrial]
+) -> dict[str, float]:
+    """`importance`, computed again only when a trial completes: over a study of 1,000
+    trials it takes seconds, and a live study's page is read every few."""
+    done = len(own_complete(trials))
+    kept = _importances.get((url, record.name))
+    if kept is None or kept[0] != done:
+        kept = (done, importance(record.spec, trials))
+        _importances[(url, record.name)] = kept
+    return kept[1]
+
+
+def _param_label(name: str, methods: Sequence[str]) -> str:
+    """u<i> named with its method (the share of the weight left that method i takes)."""
+    if name.startswith("u") and name[1:].isdigit() and int(name[1:]) < len(methods):
+        return f"{name} ({methods[int(name[1:])]})"
+    return name
+
+
+def _front(record: StudyModel, trials: Sequence[FrozenTrial]) -> list[int]:
+    objectives = record.spec.get("objectives") or []
+    if len(objectives) < 2:
+        return []
+    senses = directions(record.spec.get("objective", "auc"), objectives)
+    feasible = [t for t in own_complete(trials) if is_feasible(t)]
+    return [t.number for t in pareto_front(feasible, senses)]
 
 
 def _sparse(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     from service.tuning.study import sparse_arm
 
-    return sparse_arm([t for t in trials if t.state == TrialState.COMPLETE])
+    return sparse_arm(own_complete(trials))
 
 
 def _arm(t: FrozenTrial) -> Arm:

@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
 from service.formatting import number
-from service.tuning.contracts import InnerJob, InnerResult, TrialRecord
+from service.tuning.contracts import InnerJob, InnerResult, TrialRecord, own_complete
 from service.tuning.inner import run_inner
+from service.tuning.objective import primary
 from service.tuning.read import REEVALUATION
 from service.tuning.spec import StudySpec
 from service.tuning.storage import open_storage
@@ -68,7 +69,7 @@ def reevaluate(
                 "label": record.label or "incumbent",
                 "weights": record.weights,
                 "knobs": record.knobs,
-                "study_value": t.value,
+                "study_value": primary(t),
                 "study_stderr": record.stderr,
                 "values": runs,
                 **_mean(runs),
@@ -89,7 +90,7 @@ def reevaluate(
 
 
 def _arms(study: optuna.Study, spec: StudySpec, number: int | None) -> list[FrozenTrial]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = own_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if number is None:
         chosen = incumbent(complete, spec.objective)
         if chosen is None:
@@ -121,7 +122,8 @@ def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: in
         heartbeat_s=0.0,
         objective=spec.objective,
         target=spec.target,
-        prune=False,
+        pruner=None,
+        seeds=1,
         credit=False,
         gpus=spec.resources.gpus,
     )

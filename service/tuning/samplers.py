@@ -22,7 +22,8 @@ def sampler_seed(study_seed: int, started: int) -> int:
 
 
 def make_sampler(config: dict[str, Any], started: int) -> optuna.samplers.BaseSampler:
-    """`config`: {"name": gp|tpe|random|qnei, "seed": int, "startup_trials": int}."""
+    """`config`: {"name": gp|tpe|random|qnei, "seed": int, "startup_trials": int, and for
+    qnei "noise": known|learned}."""
     name, startup = config["name"], int(config["startup_trials"])
     seed = sampler_seed(int(config["seed"]), started)
     if name == "random":
@@ -37,15 +38,22 @@ def make_sampler(config: dict[str, Any], started: int) -> optuna.samplers.BaseSa
         # GPSampler fits a noise level (deterministic_objective=False): PPO is noisy.
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "qnei":
-        try:
-            from optuna_integration import BoTorchSampler
-            from optuna_integration.botorch import qnei_candidates_func
-        except ImportError as e:
-            raise SamplerUnavailable(
-                "sampler 'qnei' needs BoTorch: pip install 'shapetune[botorch]' "
-                f"(or choose gp, tpe, random); import failed: {e}"
-            ) from e
-        return BoTorchSampler(
-            candidates_func=qnei_candidates_func, n_startup_trials=startup, seed=seed
-        )
+        return _qnei(config.get("noise", "known"), startup, seed)
     raise ValueError(f"unknown sampler {name!r}; choose gp, tpe, random or qnei")
+
+
+def _qnei(noise: str, startup: int, seed: int) -> optuna.samplers.BaseSampler:
+    try:
+        from service.tuning.qnei import QNEISampler
+    except ImportError as e:
+        raise SamplerUnavailable(
+            "sampler 'qnei' needs BoTorch: pip install 'shapetune[botorch]' "
+            f"(or choose gp, tpe, random); import failed: {e}"
+        ) from e
+    return QNEISampler(noise=noise, n_startup_trials=startup, seed=seed)
+
+
+def check_available(name: str) -> None:
+    """Raise `SamplerUnavailable` if sampler `name` needs an extra that is not installed."""
+    if name == "qnei":
+        _qnei("known", 0, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,12 +19,14 @@ from service.redaction import safe_url
 from service.store.db import StoreError, check_url
 from service.tuning.specfile import MAX_BYTES, SpecTextError, cut, load_yaml, shorten
 from shaping.attribution import ATTRIBUTORS
+from shaping.attribution.options import Real
 from trainers.config import ConfigError, TrainConfig
 from trainers.tasks import TASKS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TUNABLE_KNOBS = ("kl_coef", "lr", "clip_coef", "temperature", "vf_coef", "gae_lambda")
-"""PPO hyper-parameters a study may search beside the weights."""
+"""PPO hyper-parameters a study may search beside the weights; and any numeric option of a
+method, named METHOD.OPTION (`amortized.label_fraction`): see `method_knob`."""
 STUDY_OWNED = {
     "task": "the spec's `task`",
     "seed": "from the spec's `seed`, one per inner seed",
@@ -89,6 +92,15 @@ class Resources(_Strict):
     )
 
 
+class Constraints(_Strict):
+    kl_max: float = Field(
+        gt=0,
+        description="Largest held-out KL from the reference policy at the end of the inner "
+        "run (eval/kl, mean over seeds): a trial above it is infeasible, never the incumbent, "
+        "and the sampler learns to avoid its region (Optuna constraints).",
+    )
+
+
 class StudySpec(_Strict):
     """One tuning study: the shaping weights (and optional PPO knobs) Optuna searches, the
     inner run that scores each proposal, and how long to search."""
@@ -101,7 +113,9 @@ class StudySpec(_Strict):
         description="Methods whose mixing weights are searched, on the simplex.",
     )
     knobs: dict[str, Knob] = Field(
-        default_factory=dict, description=f"Extra PPO settings to search: {list(TUNABLE_KNOBS)}."
+        default_factory=dict,
+        description=f"Extra settings to search: PPO's {list(TUNABLE_KNOBS)}, or a method's "
+        "numeric option as METHOD.OPTION (e.g. amortized.label_fraction).",
     )
     inner: dict[str, Any] = Field(
         default_factory=dict,
@@ -116,7 +130,29 @@ class StudySpec(_Strict):
         "final: at the end; steps_to_target: steps to reach `target` (fewer is better).",
     )
     target: float | None = Field(None, description="Held-out RM reward for steps_to_target.")
-    sampler: Literal["gp", "tpe", "random", "qnei"] = Field("gp", description="Outer sampler.")
+    objectives: list[Literal["auc", "final", "gold"]] = Field(
+        default_factory=list,
+        description="A second objective beside `objective`: [auc, gold] or [final, gold] "
+        "(the first must be `objective`). gold: the same measure of the task's gold judge, "
+        "which the policy never trained on; reward hacking shows as RM up and gold flat. The "
+        "study page shows the Pareto front; the incumbent is the best on the first objective "
+        "among Pareto-optimal feasible trials. Empty: `objective` alone.",
+    )
+    constraints: Constraints | None = Field(
+        None, description="Limits a trial must keep to count as feasible: {kl_max: X}."
+    )
+    sampler: Literal["gp", "tpe", "random", "qnei"] = Field(
+        "gp",
+        description="Outer sampler. gp: Optuna's GPSampler (one learned noise level); qnei: "
+        "BoTorch's qNEI (the botorch extra), one objective, no constraints.",
+    )
+    noise: Literal["known", "learned"] = Field(
+        "known",
+        description="qnei only. known: the GP fits each trial's own noise, the squared "
+        "standard error of its mean over seeds (shrunk towards the pooled seed variance), so "
+        "arms measured with more seeds count as better known; learned: one noise level for "
+        "all, fitted (as gp does).",
+    )
     startup_trials: int = Field(
         8,
         ge=0,
@@ -128,8 +164,29 @@ class StudySpec(_Strict):
     control_arms: bool = Field(
         True, description="Run pure sparse and each pure method first, as baselines."
     )
-    pruner: Literal["none", "median"] = Field(
-        "none", description="Stop unpromising trials early (needs seeds = 1)."
+    warm_start: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Earlier studies in the same store whose completed trials seed the "
+        "sampler (they do not count toward the budget and are never the incumbent). They "
+        "must have the same task, methods (in the same order), knobs, objective(s) and "
+        "target. Their control arms measured with the same inner settings, seeds and seed "
+        "are reused as this study's own, not rerun (see rerun_control_arms).",
+    )
+    rerun_control_arms: bool = Field(
+        False,
+        description="With warm_start: run every control arm again, even one a warm-start "
+        "study already measured with the same inner settings.",
+    )
+    pruner: Literal["none", "median", "hyperband"] = Field(
+        "none",
+        description="Stop unpromising trials part-way. A trial's value at a step is the mean "
+        "of its seeds' held-out rewards there, judged once all its seeds reached the step; a "
+        "pruned trial stops all its seeds and does not count toward the budget. median: "
+        "behind the median of completed trials at that step; hyperband: successive halving "
+        "in brackets, each rung keeping its best third. Resources are the inner run's PPO "
+        "steps: the first rung is inner.eval_interval, the largest inner.steps (so "
+        "eval_interval must be below steps); a run that finished is never pruned.",
     )
     max_failures: int = Field(
         3, ge=1, le=1000, description="Trials that may fail for real errors before the study stops."
@@ -152,12 +209,25 @@ class StudySpec(_Strict):
             raise ValueError(f"methods are listed twice: {v}")
         return v
 
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, v: list[str]) -> list[str]:
+        bad = [name for name in v if not re.fullmatch(NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"not study names: {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"studies are listed twice: {v}")
+        return v
+
     @field_validator("knobs")
     @classmethod
     def _knobs(cls, v: dict[str, Knob]) -> dict[str, Knob]:
-        unknown = sorted(set(v) - set(TUNABLE_KNOBS))
+        unknown = sorted(k for k in v if k not in TUNABLE_KNOBS and method_knob(k) is None)
         if unknown:
-            raise ValueError(f"unknown knob(s) {unknown}; choose from {list(TUNABLE_KNOBS)}")
+            raise ValueError(
+                f"unknown knob(s) {unknown}; choose from {list(TUNABLE_KNOBS)} or a method's "
+                "numeric option as METHOD.OPTION (e.g. amortized.label_fraction)"
+            )
         return v
 
     @field_validator("storage")
@@ -182,13 +252,32 @@ class StudySpec(_Strict):
             problems.append("objective 'steps_to_target' needs a `target` reward")
         if self.pruner != "none" and self.objective == "steps_to_target":
             problems.append("a pruner compares reward curves; use it with objective auc or final")
-        if self.pruner != "none" and self.seeds != 1:
+        if self.noise != "known" and self.sampler != "qnei":
             problems.append(
-                f"pruner {self.pruner!r} judges one curve per trial; set seeds: 1 or pruner: none"
+                f"noise: {self.noise} is an option of sampler qnei ({self.sampler} learns its "
+                "own noise level); remove noise, or set sampler: qnei"
+            )
+        if self.sampler == "qnei" and (self.objectives or self.constraints):
+            problems.append(
+                "sampler qnei models one objective without constraints; use sampler gp with "
+                "objectives or constraints"
+            )
+        if self.name in self.warm_start:
+            problems.append(f"warm_start names this study ({self.name!r}); remove it")
+        if self.objectives and self.pruner != "none":
+            problems.append(
+                "a pruner judges one objective (Optuna prunes no multi-objective study); "
+                "leave objectives out or set pruner: none"
+            )
+        if self.objectives and self.objectives != [self.objective, "gold"]:
+            problems.append(  # no [...] of our own: the CLI's rich markup would eat it
+                f"objectives {self.objectives}: list the study's objective ({self.objective}) "
+                "first, then gold; or leave objectives out"
             )
         for knob in self.knobs:
-            if f"ppo.{knob}" in _flatten(self.inner):
-                problems.append(f"knob {knob!r} is searched; remove inner.ppo.{knob}")
+            where = f"shaping.options.{knob}" if method_knob(knob) else f"ppo.{knob}"
+            if where in _flatten(self.inner):
+                problems.append(f"knob {knob!r} is searched; remove inner.{where}")
         if isinstance(self.inner.get("shaping"), dict) and "weights" in self.inner["shaping"]:
             problems.append("inner.shaping.weights is what the study searches; remove it")
         for part in ("ppo", "shaping"):
@@ -217,7 +306,12 @@ class StudySpec(_Strict):
         """The inner run of one trial and seed, as the trainer takes it."""
         inner = json.loads(json.dumps(self.inner))  # a deep copy of plain data
         shaping = {**inner.pop("shaping", {}), "weights": weights}
-        ppo = {**inner.pop("ppo", {}), **knobs}
+        ppo = {**inner.pop("ppo", {}), **{k: v for k, v in knobs.items() if k in TUNABLE_KNOBS}}
+        options = shaping.setdefault("options", {})
+        for knob, value in knobs.items():
+            if (named := method_knob(knob)) is not None:
+                method, option = named
+                options.setdefault(method, {})[option] = value
         inner.setdefault("torch_threads", self.resources.torch_threads)
         return TrainConfig.from_dict(
             {
@@ -228,6 +322,14 @@ class StudySpec(_Strict):
                 "seed": seed,
             }
         )
+
+
+def method_knob(name: str) -> tuple[str, str] | None:
+    """(method, option) when `name` is METHOD.OPTION for a numeric (real) option of a
+    registered method; None otherwise."""
+    method, _, option = name.partition(".")
+    declared = ATTRIBUTORS[method].options if method in ATTRIBUTORS else {}
+    return (method, option) if isinstance(declared.get(option), Real) else None
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
@@ -252,7 +354,7 @@ def parse_spec(data: Any) -> StudySpec:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:
         raise SpecError([line for err in e.errors() for line in _describe(err)]) from None
-    problems = _corner_errors(spec)
+    problems = _corner_errors(spec) or _pruner_errors(spec)
     if problems:
         raise SpecError(problems)
     return spec
@@ -284,6 +386,17 @@ def _corner_errors(spec: StudySpec) -> list[str]:
         return [f"inner: {cut(str(e))}"]
     except (TypeError, AttributeError) as e:
         return [f"inner: not a mapping of TrainConfig fields ({cut(str(e))})"]
+    return []
+
+
+def _pruner_errors(spec: StudySpec) -> list[str]:
+    config = corner_configs(spec)[0]
+    if spec.pruner != "none" and config.eval_interval >= config.steps:
+        return [
+            f"pruner {spec.pruner!r} judges trials at their evaluations before the last step, "
+            f"but inner.eval_interval={config.eval_interval} is not below inner.steps="
+            f"{config.steps}; lower eval_interval, or set pruner: none"
+        ]
     return []
 
 

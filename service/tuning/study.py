@@ -37,14 +37,26 @@ from service.tuning.contracts import (
     InnerJob,
     InnerResult,
     TrialRecord,
+    own_complete,
     placement,
     write,
+    write_stored,
 )
 from service.tuning.inner import run_inner
-from service.tuning.objective import direction
+from service.tuning.objective import (
+    GOLD_KEY,
+    direction,
+    directions,
+    is_feasible,
+    kl_excess,
+    objective_value,
+    primary,
+)
+from service.tuning.pruning import pruner_config
 from service.tuning.samplers import make_sampler
 from service.tuning.spec import StudySpec, same_study
 from service.tuning.storage import open_storage
+from service.tuning.warm import check_warm_start, warm_copies
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +175,9 @@ class _Loop:
         self.spec, self.url, self.home, self.executor = spec, url, home, executor
         self.timing, self.lost, self.on_progress = timing, lost, on_progress
         self.storage = open_storage(url, timing.heartbeat, timing.grace)
-        self.study = _open_study(spec, self.storage)
+        self.study = _open_study(spec, self.storage, url)
         self.sampler_config: dict[str, Any] = self.study.user_attrs["sampler"]
+        self.pruner = pruner_config(spec)
         self.in_flight: dict[int, _InFlight] = {}  # trial number -> its runs
         self.queue: list[InnerJob] = []  # jobs waiting for a free worker slot
         self.failures = sum(
@@ -182,7 +195,7 @@ class _Loop:
             for flight in self.in_flight.values():  # queued runs have no worker beating yet
                 self.storage.record_heartbeat(flight.trial._trial_id)
             optuna.storages.fail_stale_trials(self.study)
-            done = self._count(TrialState.COMPLETE)
+            done = len(own_complete(self.study.get_trials(deepcopy=False)))
             if done >= self.spec.budget and not self.in_flight:
                 return self._finish(StudyStatus.COMPLETED, "")
             if self.failures >= self.spec.max_failures:
@@ -196,9 +209,6 @@ class _Loop:
                 self.executor.submit(run_inner, self.queue.pop(0))
             for outcome in self.executor.wait(self.timing.poll):
                 self._record(outcome.job, outcome.result, outcome.error)
-
-    def _count(self, state: TrialState) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(state,)))
 
     def _start_trial(self) -> None:
         # Trials started so far, running ones included: trials asked side by side for
@@ -231,7 +241,8 @@ class _Loop:
                     heartbeat_s=self.timing.heartbeat,
                     objective=self.spec.objective,
                     target=self.spec.target,
-                    prune=self.spec.pruner != "none",
+                    pruner=self.pruner,
+                    seeds=self.spec.seeds,
                     credit=k == 0,  # the trial keeps the first seed's samples
                     gpus=self.spec.resources.gpus,
                 )
@@ -269,34 +280,43 @@ class _Loop:
             self._report(f"trial {trial.number} failed: {errors[0]}")
             return
         values = [float(r.value) for r in seeds]
+        final = seeds[0].final if len(seeds) == 1 else _mean_dicts([r.final for r in seeds])
         write(
             trial,
             TrialRecord(
                 seed_values=values,
                 stderr=stderr(values),
                 curves=[r.curve for r in seeds],
-                final=seeds[0].final if len(seeds) == 1 else _mean_dicts([r.final for r in seeds]),
+                final=final,
                 samples=seeds[0].samples,
                 sample_credits=seeds[0].sample_credits,
                 sample_credits_note=seeds[0].sample_credits_note,
                 placements=placements,
+                steps=[r.steps for r in seeds],
             ),
         )
-        if any(r.pruned for r in seeds):
+        if self.spec.constraints:  # Optuna's constraint, read by the samplers and by us
+            trial.set_constraint("kl_max", kl_excess(self.spec.constraints.kl_max, final))
+        if any(r.pruned for r in seeds):  # kept, not credited: the incumbent is COMPLETE
             self.study.tell(trial, state=TrialState.PRUNED)
-            self._report(f"trial {trial.number} pruned")
+            self._report(f"trial {trial.number} pruned after {max(r.steps for r in seeds)} steps")
             return
         if any(r.stopped_early for r in seeds):  # not pruned: the study was cancelled
             write(trial, TrialRecord(stopped_for="cancelled before its inner runs finished"))
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        if not all(math.isfinite(v) for v in values):
-            write(trial, TrialRecord(failed_for=f"non-finite objective values {values}"))
+        told = [statistics.fmean(values)]
+        if "gold" in self.spec.objectives:
+            gold = [gold_value(self.spec.objective, r) for r in seeds]
+            write(trial, TrialRecord(gold_values=gold))
+            told.append(statistics.fmean(gold))
+        if not all(math.isfinite(v) for v in values + told):
+            write(trial, TrialRecord(failed_for=f"non-finite objective values {values + told}"))
             self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
             return
-        self.study.tell(trial, statistics.fmean(values))
-        self._report(f"trial {trial.number}: {estimate(statistics.fmean(values), stderr(values))}")
+        self.study.tell(trial, told)
+        self._report(f"trial {trial.number}: {estimate(told[0], stderr(values))}")
 
     def _report(self, last: str) -> None:
         if self.on_progress:
@@ -318,22 +338,29 @@ class _Loop:
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
-def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
+def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage, url: str) -> optuna.Study:
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        direction=direction(spec.objective),
+        directions=directions(spec.objective, spec.objectives),
         load_if_exists=True,
     )
     if "spec" not in study.user_attrs:  # new: record how to rebuild it, queue the baselines
         study.set_user_attr("spec", spec.stored())
-        study.set_user_attr(
-            "sampler",
-            {"name": spec.sampler, "seed": spec.seed, "startup_trials": spec.startup_trials},
-        )
+        sampler: dict[str, Any] = {
+            "name": spec.sampler,
+            "seed": spec.seed,
+            "startup_trials": spec.startup_trials,
+        }
+        if spec.sampler == "qnei":
+            sampler["noise"] = spec.noise
+        study.set_user_attr("sampler", sampler)
+        copies, reused = warm_copies(spec, check_warm_start(spec, url))
+        study.add_trials(copies)
         if spec.control_arms:
             for label, params in space.control_arms(spec):
-                study.enqueue_trial(params, user_attrs=TrialRecord(label=label).to_user_attrs())
+                if label not in reused:
+                    study.enqueue_trial(params, user_attrs=TrialRecord(label=label).to_user_attrs())
     return study
 
 
@@ -345,9 +372,7 @@ def _retry_orphans(study: optuna.Study) -> None:
     storage = study._storage
     retry = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
-        stopped = TrialRecord(stopped_for="its coordinator died; retried")
-        for key, value in stopped.to_user_attrs().items():
-            storage.set_trial_user_attr(t._trial_id, key, value)
+        write_stored(storage, t._trial_id, TrialRecord(stopped_for="its coordinator died; retried"))
         if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and retry:
             retry(study, t)  # `t` as it was: the retry inherits no stop reason
 
@@ -371,11 +396,20 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def incumbent(complete: Sequence[FrozenTrial], objective: str) -> FrozenTrial | None:
-    """The completed trial with the best mean over its seeds."""
-    if not complete:
+    """The feasible completed trial with the best mean over its seeds on the first
+    objective. With a second objective that is the Pareto-optimal feasible trial best on the
+    first: the best on one objective is never dominated."""
+    feasible = [t for t in complete if is_feasible(t)]
+    if not feasible:
         return None
     pick = min if direction(objective) == "minimize" else max
-    return pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
+    return pick(feasible, key=primary)  # type: ignore[arg-type]
+
+
+def gold_value(objective: str, result: InnerResult) -> float:
+    """The run's gold objective: `objective`'s measure of the gold judge's curve."""
+    curve = {int(step): metrics for step, metrics in result.curve.items()}
+    return objective_value(objective, curve, result.steps, None, key=GOLD_KEY)
 
 
 def sparse_arm(complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
@@ -385,15 +419,15 @@ def sparse_arm(complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str = "") -> Progress:
     """Trials done of the budget, the incumbent (best mean over seeds) and the sparse arm."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = own_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     best = incumbent(complete, spec.objective)
     sparse = sparse_arm(complete)
     return Progress(
         done=len(complete),
         budget=spec.budget,
         running=running,
-        best=None if best is None else best.value,
+        best=None if best is None else primary(best),
         best_weights=None if best is None else TrialRecord.from_trial(best).weights,
-        sparse=None if sparse is None else sparse.value,
+        sparse=None if sparse is None else primary(sparse),
         last=last,
     )

@@ -89,7 +89,8 @@ def test_a_retry_that_cannot_see_its_checkpoint_says_so(
         heartbeat_s=1.0,
         objective=spec.objective,
         target=None,
-        prune=False,
+        pruner=None,
+        seeds=1,
         credit=False,
     )
     seen = run_inner(job)  # the folder is here: it continues from the checkpoint

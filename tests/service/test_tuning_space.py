@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import optuna
 import pytest
@@ -106,3 +108,46 @@ def test_suggest_asks_for_k_minus_1_weights_and_the_knobs() -> None:
     assert sum(weights.values()) == pytest.approx(1.0)
     assert weights == space.weights_from_params(spec.methods, trial.params)
     assert knobs == {"kl_coef": trial.params["kl_coef"]} and 0.01 <= knobs["kl_coef"] <= 0.2
+
+
+def test_a_method_option_is_a_knob_the_study_searches() -> None:
+    """`amortized.label_fraction` (any numeric method option) is searched like a PPO knob
+    and reaches the inner run's method options; other options are refused, by name."""
+    from service.tuning.spec import SpecError, corner_configs
+
+    spec = parse_spec(
+        {
+            "name": "amortized-knob",
+            "task": {"name": "synthetic"},
+            "methods": ["sparse", "amortized"],
+            "knobs": {
+                "amortized.label_fraction": {"low": 0.05, "high": 0.5},
+                "lr": {"low": 1e-4, "high": 1e-3},
+            },
+            "inner": {"shaping": {"options": {"amortized": {"teacher": "lime"}}}},
+            "budget": 4,
+        }
+    )
+    trial = optuna.create_study().ask()
+    weights, knobs = space.suggest(trial, spec)
+    config = spec.train_config(weights, knobs, seed=0)
+    options = config.shaping.options["amortized"]
+    assert options == {"teacher": "lime", "label_fraction": knobs["amortized.label_fraction"]}
+    assert config.ppo.lr == knobs["lr"]
+    low, high = corner_configs(spec)
+    assert [c.shaping.options["amortized"]["label_fraction"] for c in (low, high)] == [0.05, 0.5]
+    for bad, words in [
+        ("amortized.teacher", "unknown knob(s) ['amortized.teacher']"),
+        ("magic.beta", "unknown knob(s) ['magic.beta']"),
+    ]:
+        with pytest.raises(SpecError, match=re.escape(words)):
+            parse_spec({**spec.stored(), "knobs": {bad: {"low": 0.1, "high": 0.2}}})
+    with pytest.raises(SpecError, match=r"amortized.label_fraction=2\.0 is invalid"):
+        parse_spec(
+            {**spec.stored(), "knobs": {"amortized.label_fraction": {"low": 0.1, "high": 2.0}}}
+        )
+    searched_and_set = {"shaping": {"options": {"amortized": {"label_fraction": 0.3}}}}
+    with pytest.raises(
+        SpecError, match=r"remove inner\.shaping\.options\.amortized\.label_fraction"
+    ):
+        parse_spec({**spec.stored(), "inner": searched_and_set})

@@ -71,8 +71,8 @@ MALFORMED: list[tuple[str, Spec, list[str]]] = [
     ("unknown sampler", with_(sampler="cmaes"), ["sampler", "cmaes", "'gp'"]),
     ("unknown objective", with_(objective="median"), ["objective", "median", "'auc'"]),
     ("steps_to_target without target", with_(objective="steps_to_target"), ["target"]),
-    ("pruner with seeds > 1", with_(pruner="median", seeds=2), ["pruner", "seeds: 1"]),
-    ("unknown pruner", with_(pruner="hyperband"), ["pruner", "hyperband"]),
+    ("unknown pruner", with_(pruner="asha"), ["pruner", "asha", "'hyperband'"]),
+    ("pruner without an evaluation before the end", with_(pruner="hyperband", inner={**INNER, "eval_interval": 4}), ["pruner", "eval_interval=4", "steps=4"]),
     ("pruner on steps_to_target", with_(pruner="median", seeds=1, objective="steps_to_target", target=1.0), ["pruner", "objective"]),
     ("knob low >= high", with_(knobs={"kl_coef": {"low": 0.1, "high": 0.1}}), ["knobs.kl_coef", "low < high"]),
     ("knob not finite", with_(knobs={"kl_coef": {"low": 0, "high": float("inf")}}), ["knobs.kl_coef", "finite"]),
@@ -153,7 +153,13 @@ def test_every_cross_field_problem_is_reported_at_once() -> None:
     with pytest.raises(SpecError) as refused:
         parse_spec(spec)
     problems = refused.value.problems
-    named = ("control_arms", "target", "seeds: 1", "inner.ppo.kl_coef", "inner.shaping.weights")
+    named = (
+        "control_arms",
+        "target",
+        "a pruner compares",
+        "inner.ppo.kl_coef",
+        "inner.shaping.weights",
+    )
     for word in named:
         assert sum(word in p for p in problems) == 1, (word, problems)
     assert len(problems) >= len(named)

@@ -1,0 +1,233 @@
+"""Multi-fidelity pruning with several seeds per trial: the mean over seeds is what the
+pruner judges, a pruned trial stops all its seeds and is never credited, the budget counts
+completed trials, and a study resumed in the middle of a Hyperband bracket goes on judging
+against the trials before the crash. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from service.executor import InlineExecutor
+from service.store import studies as store
+from service.tuning import inner
+from service.tuning.contracts import TrialRecord
+from service.tuning.pruning import make_pruner, pruner_config
+from service.tuning.spec import StudySpec, parse_spec
+from service.tuning.study import Progress, Timing, run_study
+
+FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
+STEPS = 6
+HYPERBAND_INNER = {
+    "steps": STEPS,
+    "eval_interval": 1,
+    "eval_prompts": 8,
+    "ppo": {"rollout_batch": 8, "minibatch": 4, "epochs": 2, "lr": 0.03},
+}
+"""Evaluated every step, with a learning rate that makes trials differ: rungs at steps 1
+and 3 (reduction factor 3), so Hyperband has something to cut."""
+Spec = Callable[..., dict[str, Any]]
+
+
+def _run(spec: StudySpec, url: str, home: Path, **kwargs: Any) -> Progress:
+    return run_study(spec, url, home, InlineExecutor(), timing=FAST, **kwargs)
+
+
+def _trials(url: str, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _hyperband_spec(make_spec: Spec, **fields: Any) -> StudySpec:
+    return parse_spec(
+        make_spec(
+            **{"budget": 7, "seeds": 2, "pruner": "hyperband", "inner": HYPERBAND_INNER, **fields}
+        )
+    )
+
+
+def test_the_pruner_config_is_derived_from_the_inner_run(make_spec: Spec) -> None:
+    config = pruner_config(_hyperband_spec(make_spec))
+    assert config is not None
+    assert (config.kind, config.min_resource, config.max_resource) == ("hyperband", 1, STEPS)
+    assert pruner_config(parse_spec(make_spec())) is None  # pruner: none
+
+
+def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budget(
+    storage_url: str, tmp_path: Path, make_spec: Spec
+) -> None:
+    spec = _hyperband_spec(make_spec, seed=2)
+    final = _run(spec, storage_url, tmp_path)
+
+    found = _trials(storage_url, spec.name)
+    counted = Counter(t.state for t in found)
+    assert counted[TrialState.COMPLETE] == spec.budget == final.done  # pruned ones not counted
+    pruned = [t for t in found if t.state == TrialState.PRUNED]
+    assert pruned, "no trial was pruned: the test no longer exercises the pruner"
+    complete = [t for t in found if t.state == TrialState.COMPLETE]
+    assert final.best == max(t.value for t in complete if t.value is not None)
+    for t in pruned:
+        record = TrialRecord.from_trial(t)
+        assert record.pruned_at is not None and record.pruned_at < STEPS
+        # Inline, seed 0 ran to its end before seed 1 started; seed 1 stopped when pruned.
+        assert record.steps == [STEPS, record.pruned_at]
+        assert len(record.curves) == 2 and record.final  # curves and costs kept
+        assert any(k.startswith("cost/") for k in record.final)
+    for t in pruned + complete:  # what the pruner saw: the mean of the seeds at each step
+        progress = TrialRecord.progress(t.user_attrs, 2)
+        for step, value in t.intermediate_values.items():
+            assert value == pytest.approx(statistics.fmean(p[step] for p in progress))
+    _check_successive_halving(spec, storage_url, found)
+
+
+def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_before(
+    storage_url: str, tmp_path: Path, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator dies while trial 4's second seed is at its first rung; `resume`
+    retries that trial (its first seed's progress inherited) and the pruner goes on with
+    the rung values stored before the crash."""
+    spec = _hyperband_spec(make_spec, seed=2, budget=8)
+    real = inner.train
+    calls = {"n": 0}
+
+    def crash_in_trial_4(config: Any, task: Any, hooks: inner.Hooks) -> Any:
+        calls["n"] += 1
+        if calls["n"] != 10:  # trial 4, seed 1: every trial before ran both its seeds
+            return real(config, task, hooks)
+        report_on = hooks.report
+
+        def report_then_crash(step: int, metrics: dict[str, float]) -> None:
+            report_on(step, metrics)
+            if step == 1:
+                raise KeyboardInterrupt
+
+        return real(config, task, replace(hooks, report=report_then_crash))
+
+    monkeypatch.setattr(inner, "train", crash_in_trial_4)
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, storage_url, tmp_path)
+    assert store.get_study(storage_url, spec.name).status == "interrupted"
+    before = _trials(storage_url, spec.name)
+    assert [t.state for t in before][4] == TrialState.RUNNING
+    assert TrialRecord.progress(before[4].user_attrs, 2)[0]  # seed 0 had reported
+
+    monkeypatch.setattr(inner, "train", real)
+    final = _run(spec, storage_url, tmp_path)
+    found = _trials(storage_url, spec.name)
+    assert final.done == spec.budget
+    assert Counter(t.state for t in found)[TrialState.COMPLETE] == spec.budget
+    retry = next(t for t in found if t.system_attrs.get("failed_trial") == 4)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    # The retry's first seed continued from its checkpoint: no step of it was run again.
+    assert TrialRecord.from_trial(retry).placements[0]["resumed_from"] == STEPS
+    assert any(t.state == TrialState.PRUNED for t in found)
+    judged = _check_successive_halving(spec, storage_url, found)
+    # Trials after the resume met trials from before it at the same rung.
+    crashed = {t.number for t in before}
+    assert any(n >= retry.number and crashed & set(rivals) for n, rivals in judged), judged
+
+
+def _check_successive_halving(
+    spec: StudySpec, url: str, found: list[FrozenTrial]
+) -> list[tuple[int, list[int]]]:
+    """Replay every rung decision from what the store kept: inline, trials are judged in
+    the order of their numbers, so a trial met, at each rung, the trials of its bracket
+    numbered before it that reached that rung. It went on past a rung exactly when its
+    value there was in the best 1/eta of those (Optuna's successive halving). Returns
+    (trial, numbers of the trials it was judged against) per decision."""
+    config = pruner_config(spec)
+    assert config is not None
+    pruner = make_pruner(config)
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    pruner._try_initialization(study)  # type: ignore[attr-defined]  # the brackets only
+    bracket = {t.number: pruner._get_bracket_id(study, t) for t in found}  # type: ignore[attr-defined]
+    judged = []
+    for t in found:
+        inherited = "failed_trial" in t.system_attrs  # a retry's rungs are its original's
+        for rung in range(4):
+            key = f"completed_rung_{rung}"
+            if key not in t.system_attrs or inherited:
+                continue
+            rivals = [
+                m
+                for m in found
+                if m.number < t.number
+                and bracket[m.number] == bracket[t.number]
+                and key in m.system_attrs
+            ]
+            values = sorted([m.system_attrs[key] for m in rivals] + [t.system_attrs[key]])
+            keep = max(len(values) // config.reduction_factor, 1)
+            promoted = t.system_attrs[key] >= values[-keep]
+            went_on = (  # the crashed trial was pruned before its coordinator could say so
+                f"completed_rung_{rung + 1}" in t.system_attrs
+                or TrialRecord.from_trial(t).pruned_at is None
+            )
+            assert promoted == went_on, (t.number, rung, values)
+            judged.append((t.number, [m.number for m in rivals]))
+    return judged
+
+
+def test_status_and_the_study_page_show_pruned_trials_and_their_steps(
+    tmp_path: Path, make_spec: Spec
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.dashboard.routes import router
+    from service.settings import Settings
+
+    home = tmp_path / "home"
+    url = f"sqlite:///{home / 'studies.db'}"
+    spec = _hyperband_spec(make_spec, seed=2)
+    _run(spec, url, home)
+    pruned = [t for t in _trials(url, spec.name) if t.state == TrialState.PRUNED]
+    assert pruned
+    shown = [
+        f"pruned at step {t.user_attrs['pruned_at']} (steps run {STEPS}, "
+        f"{t.user_attrs['pruned_at']})"
+        for t in pruned
+    ]
+
+    result = CliRunner().invoke(
+        app, ["status", spec.name, "--home", str(home)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert all(line in result.output for line in shown), result.output
+
+    site = FastAPI()
+    site.state.settings = Settings(home=home, storage=url)
+    site.include_router(router)
+    page = TestClient(site).get(f"/studies/{spec.name}").text
+    assert "steps run" in page
+    for t in pruned:
+        assert f"pruned at step {t.user_attrs['pruned_at']}</td>" in page
+        assert f'<td class="num">{STEPS}, {t.user_attrs["pruned_at"]}</td>' in page
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_on_ray_a_pruned_trial_stops_all_its_seeds(tmp_path: Path, make_spec: Spec) -> None:
+    """Two workers run a trial's two seeds side by side: when the mean over both says prune,
+    both stop before their last step."""
+    from service.executor.ray_executor import RayExecutor
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    inner_run = {**HYPERBAND_INNER, "steps": 12}  # long enough for both seeds to see it
+    spec = _hyperband_spec(make_spec, seed=2, inner=inner_run, executor="ray")
+    run_study(spec, url, tmp_path, RayExecutor(cpus=1, workers=2), timing=FAST)
+
+    found = _trials(url, spec.name)
+    assert Counter(t.state for t in found)[TrialState.COMPLETE] == spec.budget
+    pruned = [TrialRecord.from_trial(t) for t in found if t.state == TrialState.PRUNED]
+    assert pruned, "no trial was pruned: the test no longer exercises the pruner"
+    assert any(max(r.steps) < 12 for r in pruned), [r.steps for r in pruned]
+    for record in pruned:
+        assert record.pruned_at is not None and min(record.steps) < 12
