@@ -4,7 +4,7 @@
 
 Needs the built-in task prepared (`shapetune prepare`). For each `label_fraction` (default
 0.05, 0.1, 0.25), one PPO run with weights {amortized: 1} and teacher `shapley` at its
-defaults (tokens, 8 antithetic permutations), batch 32, responses of up to 24 tokens, 2 torch
+defaults (tokens, 8 antithetic permutations) and `--error-ratio` (amortized.error_ratio), batch 32, responses of up to 24 tokens, 2 torch
 threads, 20 steps (the issue's setting). Per step, from the run's own reports: the shape
 phase's share of the step's training time (attribution), RM rows per response, whether the
 network was in use (fallback) and its error estimates.
@@ -46,13 +46,13 @@ from trainers.tasks import make_task
 LENGTH = 24
 
 
-def run_config(fraction: float, steps: int, run_dir: Path) -> TrainConfig:
+def run_config(fraction: float, steps: int, run_dir: Path, error_ratio: float) -> TrainConfig:
     return TrainConfig.from_dict(
         {
             "task": {"name": "imdb-sentiment"},
             "shaping": {
                 "weights": {"amortized": 1.0},
-                "options": {"amortized": {"label_fraction": fraction}},
+                "options": {"amortized": {"label_fraction": fraction, "error_ratio": error_ratio}},
             },
             "ppo": {"rollout_batch": 32, "minibatch": 16, "epochs": 2, "response_length": LENGTH},
             "steps": steps,
@@ -65,7 +65,9 @@ def run_config(fraction: float, steps: int, run_dir: Path) -> TrainConfig:
     )
 
 
-def ppo_run(task: Any, fraction: float, steps: int, run_dir: Path) -> dict[str, Any]:
+def ppo_run(
+    task: Any, fraction: float, steps: int, run_dir: Path, error_ratio: float
+) -> dict[str, Any]:
     """One run; per step: attribution share, rows per response, fallback, error estimates."""
     per_step: list[dict[str, float]] = []
     last: dict[str, float] = {}
@@ -90,7 +92,8 @@ def ppo_run(task: Any, fraction: float, steps: int, run_dir: Path) -> dict[str, 
         last = m
 
     started = time.perf_counter()
-    result = train(run_config(fraction, steps, run_dir), task, Hooks(report=report))
+    config = run_config(fraction, steps, run_dir, error_ratio)
+    result = train(config, task, Hooks(report=report))
     warm = [s for s in per_step if s["fallback"] == 0.0]
     return {
         "label_fraction": fraction,
@@ -168,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fractions", default="0.05,0.1,0.25")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--error-ratio", type=float, default=1.0, help="amortized.error_ratio")
     parser.add_argument("--responses", type=int, default=16)
     parser.add_argument("--reference-permutations", type=int, default=200)
     parser.add_argument("--home", default=os.environ.get("SHAPETUNE_HOME", "~/.shapetune"))
@@ -181,7 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fraction in fractions:
             dirs[fraction] = Path(tmp) / f"run-{fraction}"
-            runs.append(ppo_run(task, fraction, a.steps, dirs[fraction]))
+            runs.append(ppo_run(task, fraction, a.steps, dirs[fraction], a.error_ratio))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "per_step"}))
         default = 0.1 if 0.1 in dirs else fractions[0]
         batch = scored(rm, *fresh_responses(task, dirs[default], a.responses))

@@ -244,7 +244,11 @@ def sampled_reference(
     halves = []
     for seed in (1_000_001, 1_000_002):
         attributor = ShapleyAttributor(
-            RewardScorer(rm), max_exact_players=1, permutations=permutations // 2, seed=seed
+            RewardScorer(rm),
+            max_exact_players=1,
+            permutations=permutations // 2,
+            estimator="permutation",
+            seed=seed,
         )
         halves.append(attributor.attribute(batch))
     return halves[0], halves[1]
@@ -338,7 +342,11 @@ def our_permutations(budget: int, M: int) -> int:
 def run_ours(scorer: RewardScorer, batch: RolloutBatch, budget: int, seed: int) -> torch.Tensor:
     M = batch.response_ids.shape[1]
     attributor = ShapleyAttributor(
-        scorer, max_exact_players=1, permutations=our_permutations(budget, M), seed=seed
+        scorer,
+        max_exact_players=1,
+        permutations=our_permutations(budget, M),
+        estimator="permutation",  # what attribution.md measured
+        seed=seed,
     )
     return attributor.attribute(batch)  # all responses in one scorer request
 

@@ -60,7 +60,7 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     from trainers.tasks import make_task
 
     torch.set_num_threads(1)
-    spec = ARMS[arm]
+    spec = args.get("arms", ARMS)[arm]  # another script's arms (bench/headline.py)
     config = TrainConfig.from_dict(
         {
             "task": {"name": "imdb-sentiment"},
@@ -106,10 +106,8 @@ def summarize(runs: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, 
     target = statistics.fmean(_series(r, "eval/rm_mean")[1][-1] for r in base)
     base_kl = statistics.fmean(_series(r, "eval/kl")[1][-1] for r in base)
     table = {}
-    for arm in ARMS:
+    for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
-        if not mine:
-            continue
         reach = [_first_reaching(r, target) for r in mine]
         steps_train = [
             sum(v for k, v in r["phase_seconds"].items() if k != "evaluate") for r in mine

@@ -19,7 +19,9 @@ Each step:
    error against the true credits plus sigma^2 (unbiased labels, independent of it), so its
    own error is estimated as the difference (both smoothed over steps);
 3. until that estimate is below sigma^2, the network is worse than one teacher label, and
-   the teacher labels the whole batch instead (fallback);
+   the teacher labels the whole batch instead (fallback); `error_ratio` trades accuracy for
+   cost: the network takes over once its RMS error is below `error_ratio` times the
+   teacher's (1, the default: only once it is at least as good as one label);
 4. the network trains on a replay buffer of the most recent labels;
 5. a labelled response gets the teacher's credits; any other the network's, made to sum to
    R - v(empty) as the teacher's do, by FastSHAP's additive efficiency correction (the
@@ -54,8 +56,10 @@ TEACHER_METHODS: dict[str, type[ShapleyAttributor | ShapAttributor | LimeAttribu
 BUFFER = 512
 """Labelled responses the network replays: about 16 steps of labels at the default
 fraction, or the last fallback step or two (the policy, and so the responses, drift)."""
-UPDATES = 8
-"""Gradient steps a PPO step, of `MINIBATCH` buffered responses each."""
+UPDATES = 16
+"""Gradient steps a PPO step, of `MINIBATCH` buffered responses each. On the built-in RM
+(bench/amortized_bench.py's learning curve), 16 at width 128 reach about the error 32 do
+after 448 labels, at half the time (~0.3 s a PPO step on one core)."""
 MINIBATCH = 32
 PROBE_EVERY = 4
 """Steps between measurements of the teacher's noise once the network is in use."""
@@ -109,6 +113,9 @@ class AmortizedAttributor(Attributor):
         "label_fraction": Real(0.0, 1.0, why="share of each batch the teacher labels"),
         "width": Integer(4, 1024, even=True, why="the network's hidden width"),
         "lr": Real(1e-6, 1.0, why="the network's Adam learning rate"),
+        "error_ratio": Real(
+            0.0, 1000.0, why="network RMS error allowed, in units of the teacher's"
+        ),
         "seed": Integer(-(2**63), 2**63 - 1, why="torch.manual_seed's range"),
     }
 
@@ -117,12 +124,18 @@ class AmortizedAttributor(Attributor):
         scorer: RewardScorer,
         teacher: Teacher = "shapley",
         label_fraction: float = 0.1,
-        width: int = 64,
+        width: int = 128,
         lr: float = 3e-3,
+        error_ratio: float = 1.0,
         seed: int = 0,
     ) -> None:
         self.check_options(
-            teacher=teacher, label_fraction=label_fraction, width=width, lr=lr, seed=seed
+            teacher=teacher,
+            label_fraction=label_fraction,
+            width=width,
+            lr=lr,
+            error_ratio=error_ratio,
+            seed=seed,
         )
         if label_fraction <= 0:
             raise ValueError("amortized.label_fraction must be > 0: the network learns from labels")
@@ -131,6 +144,7 @@ class AmortizedAttributor(Attributor):
         self.teacher: Attributor = TEACHER_METHODS[teacher](scorer, seed=self.teacher_seed)
         """The teacher with its default options; `build_attributor` gives it the user's."""
         self.label_fraction, self.width, self.lr, self.seed = label_fraction, width, lr, seed
+        self.error_ratio = error_ratio
         self.generator = torch.Generator().manual_seed(seed)
         self.net: CreditNet | None = None  # built on the first batch, when H is known
         self.optimizer: torch.optim.Optimizer | None = None
@@ -144,6 +158,8 @@ class AmortizedAttributor(Attributor):
         self.teacher_error: float | None = None
         """Smoothed sigma^2: the teacher's sampling variance per token."""
         self.fallback = True
+        self.measured = False
+        """Whether a network's error was measured yet (not only that of crediting nothing)."""
         self.labelled = 0.0
 
     # -- the credits ---------------------------------------------------------------------
@@ -190,6 +206,7 @@ class AmortizedAttributor(Attributor):
             else self._forward([states[i] for i in rows], labels.shape[1])
         )
         self.fresh_error = smooth(self.fresh_error, mean_square(guess - labels, mask))
+        self.measured = self.measured or self.net is not None
         if self.fallback or self.steps % PROBE_EVERY == 1:
             again = self.teacher.rm_credits(batch.select(rows[:1]))  # independent draw
             noise = mean_square(again - labels[:1], mask[:1]) / 2  # Var(a - b) = 2 sigma^2
@@ -201,10 +218,11 @@ class AmortizedAttributor(Attributor):
         return labels
 
     def _learned(self) -> bool:
-        """True once the network's estimated error is below one teacher label's."""
-        if self.net_error is None or self.teacher_error is None:
-            return False
-        return self.net_error < self.teacher_error
+        """True once the network's estimated error is below one teacher label's (times
+        `error_ratio`)."""
+        if not self.measured or self.net_error is None or self.teacher_error is None:
+            return False  # no network measured yet: crediting nothing is no network
+        return self.net_error < self.error_ratio**2 * self.teacher_error
 
     def _predict(
         self, batch: RolloutBatch, states: list[torch.Tensor], rows: list[int]
@@ -286,6 +304,7 @@ class AmortizedAttributor(Attributor):
             "buffer_credits": [c for _, c in self.buffer],
             "progress": [self.steps, self.net_error, self.fresh_error, self.teacher_error],
             "fallback": self.fallback,
+            "measured": self.measured,
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -298,7 +317,7 @@ class AmortizedAttributor(Attributor):
             self.optimizer.load_state_dict(state["optimizer"])
         self.buffer = list(zip(state["buffer_states"], state["buffer_credits"], strict=True))
         self.steps, self.net_error, self.fresh_error, self.teacher_error = state["progress"]
-        self.fallback = bool(state["fallback"])
+        self.fallback, self.measured = bool(state["fallback"]), bool(state["measured"])
 
 
 def mean_square(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
