@@ -40,7 +40,7 @@ ARMS: dict[str, dict[str, Any]] = {
     # The fair comparison: every arm's critic starts from the reward model, as the strong
     # sparse baseline's does (--baseline "sparse (critic: RM)").
     "red (critic: RM)": {"weights": {"red": 1.0}, "ppo": {"critic_init": "reward_model"}},
-    "shapley (tokens, critic: RM)": {
+    "shapley tokens (critic: RM)": {
         "weights": {"shapley": 1.0},
         "ppo": {"critic_init": "reward_model"},
     },
