@@ -144,9 +144,10 @@ def credits_of(attributor_for: Any, rm: Any, batch: RolloutBatch) -> tuple[torch
     """Credits of `batch` by the attributor `attributor_for(scorer)` builds, and its rows
     per response (the scorer scored the batch first, as PPO does)."""
     scorer = RewardScorer(rm)
+    attributor = attributor_for(scorer)  # first: it may ask the scorer to keep states
     scorer.score_responses([batch.prompt(i) for i in range(batch.size)], batch_responses(batch))
     before = scorer.stats.rows
-    credits = attributor_for(scorer).attribute(batch)
+    credits = attributor.attribute(batch)
     return credits, (scorer.stats.rows - before) / batch.size
 
 

@@ -54,6 +54,7 @@ def collect(home: Path, batches: int) -> list[dict[str, torch.Tensor]]:
             )
         responses = ids[:, P:].tolist()
         scorer = RewardScorer(rm)
+        scorer.keep_states = True  # as `amortized` sets it: the states from this pass
         scores = scorer.score_responses(chosen, responses)
         batch = RolloutBatch.from_lists(chosen, responses, scores.tolist(), 0)
         out.append(

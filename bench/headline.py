@@ -31,8 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from methods_bench import _series, one_run, summarize
+from methods_bench import _series, one_run, plot, summarize
 from scipy import stats
 
 RM = {"critic_init": "reward_model"}
@@ -141,32 +140,6 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for arm in dict.fromkeys(r["arm"] for r in runs):
-        mine = [r for r in runs if r["arm"] == arm]
-        steps = _series(mine[0], "eval/rm_mean")[0]
-        mean = np.mean([_series(r, "eval/rm_mean")[1] for r in mine], axis=0)
-        seconds = np.mean([_series(r, "cost/train_seconds")[1] for r in mine], axis=0)
-        style = "--" if arm.startswith("sparse") else "-"
-        ax.plot(steps, mean, style, label=arm)
-        bx.plot(seconds, mean, style, label=arm)
-    ax.set_xlabel("PPO step")
-    bx.set_xlabel("training seconds (one core)")
-    bx.set_xscale("log")
-    for a in (ax, bx):
-        a.set_ylabel("held-out RM reward (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def versions() -> str:
     import optuna
     import torch
@@ -225,7 +198,7 @@ def main() -> None:
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    plot(runs, a.out.with_suffix(".png"))
+    plot(runs, a.out.with_suffix(".png"), log_seconds=True)
     a.out.write_text(page(result, a))
     print(markdown_table(table))
 

@@ -99,9 +99,13 @@ class RewardScorer:
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
         """Every prefix score of the rows `score_responses` scored last (causal RMs), for
         `prefix_values`: one RM row per response serves R and RED."""
+        self.keep_states = False
+        """Whether `score_responses` keeps the RM's hidden states, set by a method that reads
+        them (`amortized`): copying every state off the RM on every scoring pass is work the
+        other methods should not pay for."""
         self._states: dict[tuple[int, ...], torch.Tensor] = {}
         """The RM's last hidden states (len, H) of the rows `score_responses` scored last,
-        when the RM gives them (`HasStates`), for `response_states`."""
+        with `keep_states` and an RM that gives them (`HasStates`), for `response_states`."""
         self._pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
         self.policy_tokenizer = (
             None
@@ -135,8 +139,11 @@ class RewardScorer:
         # The same forward pass as a plain score (a causal RM scores at the last token): R
         # is the last prefix score, and the others wait for `prefix_values`; the hidden
         # states, for `response_states`.
-        per_row, states = self._score_with_states(rows, prefixes=self.rm.causal)
-        self._states.update((tuple(r), h) for r, h in zip(rows, states, strict=False))
+        if self.keep_states:
+            per_row, states = self._score_with_states(rows, prefixes=self.rm.causal)
+            self._states.update((tuple(r), h) for r, h in zip(rows, states, strict=False))
+        else:
+            per_row = self.score_rows(rows, prefixes=self.rm.causal)
         if not self.rm.causal:
             scores = torch.stack(per_row)
         else:

@@ -140,6 +140,7 @@ class AmortizedAttributor(Attributor):
         if label_fraction <= 0:
             raise ValueError("amortized.label_fraction must be > 0: the network learns from labels")
         super().__init__(scorer)
+        scorer.keep_states = True  # the inputs: kept from the pass that scores each batch
         self.teacher_seed = (seed + 1) % 2**32  # in every teacher's range; not our own stream
         self.teacher: Attributor = TEACHER_METHODS[teacher](scorer, seed=self.teacher_seed)
         """The teacher with its default options; `build_attributor` gives it the user's."""
@@ -173,15 +174,14 @@ class AmortizedAttributor(Attributor):
         credits = torch.zeros(batch.response_ids.shape)
         labels = self._label(batch, labelled, states)  # also updates the error estimates
         self.fallback = not self._learned()
-        if self.fallback and len(labelled) < batch.size:  # the whole batch from the teacher
-            rest = [i for i in range(batch.size) if i not in set(labelled)]
+        rest = sorted(set(range(batch.size)) - set(labelled))
+        if self.fallback and rest:  # the whole batch from the teacher
             more = self.teacher.rm_credits(batch.select(rest))
-            labelled, labels = labelled + rest, torch.cat([labels, more])
             self._remember(batch, rest, more, states)
+            labelled, labels, rest = labelled + rest, torch.cat([labels, more]), []
         credits[labelled] = labels
-        predicted = [i for i in range(batch.size) if i not in set(labelled)]
-        if predicted:
-            credits[predicted] = self._predict(batch.select(predicted), states, predicted)
+        if rest:  # the network's
+            credits[rest] = self._predict(batch.select(rest), states, rest)
         self._train()
         self.labelled = len(labelled) / batch.size
         return credits

@@ -17,7 +17,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from service.executor.base import Executor, Job, JobFn, Outcome
+from service.executor.base import Job, JobFn
+from service.executor.inline import InlineExecutor
 from service.tuning.contracts import InnerJob, InnerResult, TrialRecord
 from service.tuning.spec import SpecError, parse_spec
 from service.tuning.study import Timing, run_study
@@ -120,23 +121,11 @@ def test_k_workers_get_k_distinct_proposals(name: str) -> None:
     assert study.get_trials(states=(TrialState.RUNNING,)) and len(set(proposals)) == 4, proposals
 
 
-class SeedNoiseExecutor(Executor):
+class SeedNoiseExecutor(InlineExecutor):
     """Finishes each job at once: a smooth function of the weights plus seed noise."""
 
-    slots = 1
-
-    def __init__(self) -> None:
-        self.done: list[Outcome] = []
-
     def submit(self, fn: JobFn, job: Job) -> None:
-        self.done.append(Outcome(job, result=_result(job)))
-
-    def wait(self, timeout_s: float) -> list[Outcome]:
-        done, self.done = self.done, []
-        return done
-
-    def running(self) -> int:
-        return 0
+        super().submit(_result, job)  # type: ignore[arg-type]
 
 
 def _result(job: InnerJob) -> InnerResult:

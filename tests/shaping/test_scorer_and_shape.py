@@ -124,6 +124,7 @@ def test_hidden_states_come_from_the_scoring_pass(rm, batch: RolloutBatch) -> No
     """`response_states` reads what `score_responses` kept: no row of its own; a response
     it did not score costs one row; an RM without states is named."""
     scorer = RewardScorer(rm)
+    scorer.keep_states = True  # as `amortized` sets it
     prompts = [batch.prompt(i) for i in range(batch.size)]
     scorer.score_responses(prompts, [batch.response(i) for i in range(batch.size)])
     rows = scorer.stats.rows
