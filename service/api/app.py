@@ -50,13 +50,13 @@ def create_app(settings: Settings) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     from service.tuning.coordinator import Coordinator, CoordinatorConfig
-    from service.tuning.storage import open_storage
+    from service.tuning.storage import create_tables
     from service.tuning.study import Timing
 
     settings: Settings = app.state.settings
     url = settings.storage_url()
     # Migrations and Optuna's tables, before the first request or the coordinator needs them.
-    await run_in_threadpool(open_storage, url)
+    await run_in_threadpool(create_tables, url)
     if settings.coordinator:
         app.state.coordinator = Coordinator(
             CoordinatorConfig(

@@ -43,7 +43,7 @@ def run_inner(job: InnerJob) -> InnerResult:
     `error`; only a lost worker raises."""
     stop = threading.Event()
     pruned = threading.Event()  # set by the pruning report, read by the stop check
-    storage = None
+    storage, beat = None, None
     if job.trial_id is not None:
         storage = open_storage(job.storage, job.heartbeat_s)
         beat = threading.Thread(
@@ -78,6 +78,11 @@ def run_inner(job: InnerJob) -> InnerResult:
             credits, credits_note = credit_samples(task, config, samples)
     finally:
         stop.set()
+        if storage is not None and beat is not None:
+            # A Ray worker outlives many runs: each run's pool is closed, not left to the
+            # garbage collector, or PostgreSQL soon refuses new clients.
+            beat.join(timeout=job.heartbeat_s + 5)
+            storage.engine.dispose()
     curve = {int(s): m for s, m in result.curves.items()}
     return InnerResult(
         job.seed_index,

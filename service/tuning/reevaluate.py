@@ -29,7 +29,7 @@ from service.tuning.inner import run_inner
 from service.tuning.objective import primary
 from service.tuning.read import REEVALUATION
 from service.tuning.spec import StudySpec
-from service.tuning.storage import open_storage
+from service.tuning.storage import opened_storage
 from service.tuning.study import incumbent, run_key, sparse_arm, stderr
 
 FRESH_SEEDS = 10_000
@@ -54,39 +54,42 @@ def reevaluate(
     fresh seeds; keep and return the result (kept as the study attribute `REEVALUATION`)."""
     if seeds < 2:
         raise ReevaluationError(f"seeds={seeds}: a standard error needs at least 2 seeds")
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
-    arms = _arms(study, spec, trial)
-    fresh = [spec.seed + FRESH_SEEDS + k for k in range(seeds)]
-    jobs = [_job(spec, url, home, t, k, seed) for t in arms for k, seed in enumerate(fresh)]
-    values = _run(executor, jobs, on_run)
-    out_arms: list[dict[str, Any]] = []
-    for t in arms:
-        runs = [values[(t.number, k)] for k in range(seeds)]
-        record = TrialRecord.from_trial(t)
-        out_arms.append(
-            {
-                "trial": t.number,
-                "label": record.label or "incumbent",
-                "weights": record.weights,
-                "knobs": record.knobs,
-                "study_value": primary(t),
-                "study_stderr": record.stderr,
-                "values": runs,
-                **_mean(runs),
-            }
-        )
-    result: dict[str, Any] = {
-        "objective": spec.objective,
-        "seeds": fresh,
-        "arms": out_arms,
-        "difference": None,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if len(out_arms) == 2:
-        paired = [a - b for a, b in zip(out_arms[0]["values"], out_arms[1]["values"], strict=True)]
-        result["difference"] = {"values": paired, **_mean(paired)}
-    study.set_user_attr(REEVALUATION, result)
-    return result
+    with opened_storage(url) as storage:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        arms = _arms(study, spec, trial)
+        fresh = [spec.seed + FRESH_SEEDS + k for k in range(seeds)]
+        jobs = [_job(spec, url, home, t, k, seed) for t in arms for k, seed in enumerate(fresh)]
+        values = _run(executor, jobs, on_run)
+        out_arms: list[dict[str, Any]] = []
+        for t in arms:
+            runs = [values[(t.number, k)] for k in range(seeds)]
+            record = TrialRecord.from_trial(t)
+            out_arms.append(
+                {
+                    "trial": t.number,
+                    "label": record.label or "incumbent",
+                    "weights": record.weights,
+                    "knobs": record.knobs,
+                    "study_value": primary(t),
+                    "study_stderr": record.stderr,
+                    "values": runs,
+                    **_mean(runs),
+                }
+            )
+        result: dict[str, Any] = {
+            "objective": spec.objective,
+            "seeds": fresh,
+            "arms": out_arms,
+            "difference": None,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if len(out_arms) == 2:
+            paired = [
+                a - b for a, b in zip(out_arms[0]["values"], out_arms[1]["values"], strict=True)
+            ]
+            result["difference"] = {"values": paired, **_mean(paired)}
+        study.set_user_attr(REEVALUATION, result)
+        return result
 
 
 def _arms(study: optuna.Study, spec: StudySpec, number: int | None) -> list[FrozenTrial]:

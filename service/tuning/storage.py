@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -28,3 +30,24 @@ def open_storage(url: str, heartbeat_s: float = 10.0, grace_s: float = 60.0) -> 
         grace_period=max(2, round(grace_s)),
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
     )
+
+
+@contextmanager
+def opened_storage(
+    url: str, heartbeat_s: float = 10.0, grace_s: float = 60.0
+) -> Iterator[RDBStorage]:
+    """`open_storage` for one piece of work, its connections closed at the end. Each
+    RDBStorage has a pool of its own; left to the garbage collector, those of finished runs
+    pile up in long-lived Ray workers until PostgreSQL refuses new clients (100 by
+    default)."""
+    storage = open_storage(url, heartbeat_s, grace_s)
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()
+
+
+def create_tables(url: str) -> None:
+    """The service's and Optuna's tables, created or migrated, with nothing left open."""
+    with opened_storage(url):
+        pass

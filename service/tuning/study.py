@@ -55,7 +55,7 @@ from service.tuning.objective import (
 from service.tuning.pruning import pruner_config
 from service.tuning.samplers import make_sampler
 from service.tuning.spec import StudySpec, same_study
-from service.tuning.storage import open_storage
+from service.tuning.storage import opened_storage
 from service.tuning.warm import check_warm_start, warm_copies
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def run_study(
     # sees it on its first turn and ends the study cancelled.
     store.set_status(url, spec.name, StudyStatus.RUNNING, "", unless=STOPPING)
     try:
-        progress = _Loop(spec, url, home, executor, timing, lost, on_progress).run()
+        with opened_storage(url, timing.heartbeat, timing.grace) as storage:
+            progress = _Loop(spec, url, home, executor, storage, timing, lost, on_progress).run()
     except BaseException as e:
         executor.shutdown()
         if not (isinstance(e, LeaseLost) or lost.is_set()):  # the status is the new holder's
@@ -168,13 +169,14 @@ class _Loop:
         url: str,
         home: Path,
         executor: Executor,
+        storage: optuna.storages.RDBStorage,
         timing: Timing,
         lost: threading.Event,
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
         self.spec, self.url, self.home, self.executor = spec, url, home, executor
         self.timing, self.lost, self.on_progress = timing, lost, on_progress
-        self.storage = open_storage(url, timing.heartbeat, timing.grace)
+        self.storage = storage
         self.study = _open_study(spec, self.storage, url)
         self.sampler_config: dict[str, Any] = self.study.user_attrs["sampler"]
         self.pruner = pruner_config(spec)

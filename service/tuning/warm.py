@@ -24,7 +24,7 @@ from service.store.db import sqlite_path
 from service.tuning.contracts import TrialRecord, own_complete
 from service.tuning.objective import kl_excess
 from service.tuning.spec import SpecError, StudySpec, parse_spec
-from service.tuning.storage import open_storage
+from service.tuning.storage import opened_storage
 
 SEARCH = ("task", "methods", "knobs", "objective", "target", "objectives")
 """Spec fields that must match for trials to mean the same point and the same value."""
@@ -89,11 +89,12 @@ def _stored_spec(url: str, name: str) -> dict[str, Any]:
 
 
 def _own_trials(url: str, name: str) -> list[FrozenTrial]:
-    try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-    except KeyError:  # queued, never started: nothing measured yet
-        return []
-    return own_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    with opened_storage(url) as storage:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # queued, never started: nothing measured yet
+            return []
+        return own_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def warm_copies(spec: StudySpec, sources: list[WarmSource]) -> tuple[list[FrozenTrial], set[str]]:
