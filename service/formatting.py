@@ -23,6 +23,11 @@ def estimate(mean: object, stderr: object, *, missing: str = MISSING) -> str:
     return f"{number(mean, missing=missing)} ± {number(stderr, missing=missing)}"
 
 
+def interval(low: object, high: object, *, missing: str = MISSING) -> str:
+    """`[-0.0123, +0.0456]`: a confidence interval, signed (it is mostly of a difference)."""
+    return f"[{number(low, signed=True, missing=missing)}, {number(high, signed=True, missing=missing)}]"
+
+
 def significant(value: object, digits: int = 6) -> float | None:
     """`value` rounded to `digits` significant digits, as a figure's JSON carries it (1,000
     trials' worth per page); None for a missing or non-finite number (JSON has no NaN)."""

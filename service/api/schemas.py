@@ -88,9 +88,12 @@ class Arm(_Public):
 
 class Estimate(_Public):
     values: list[float | None]
-    """One per fresh seed."""
+    """One per seed."""
     mean: float | None
     stderr: float | None
+    low: float | None = None
+    high: float | None = None
+    """The 95 % confidence interval of the mean (Student's t; null below 2 seeds)."""
 
 
 class ReevaluatedArm(Estimate):
@@ -114,6 +117,9 @@ class Reevaluation(_Public):
     difference: Estimate | None
     """Incumbent minus control, paired by seed (null when the incumbent is the control)."""
     finished_at: datetime
+    verdict: str = ""
+    """The difference in one sentence: the best shape beats pure sparse, or not beyond
+    noise, with the interval and the number of fresh seeds."""
 
 
 class StudyPublic(StudySummary):
@@ -128,6 +134,9 @@ class StudyPublic(StudySummary):
     """The incumbent: the best mean over seeds."""
     sparse: Arm | None
     """The pure-sparse control arm, the baseline the shaping is meant to beat."""
+    gain: Estimate | None = None
+    """best - sparse over the study's own seeds, paired by seed: optimistic, since these
+    seeds also picked the best (the re-evaluation on fresh seeds is not)."""
     control_arms: list[Arm]
     importance: dict[str, float] = {}
     """PED-ANOVA importance of each searched parameter for the first objective (Optuna;

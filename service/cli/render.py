@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from service.cli.options import console
-from service.formatting import estimate, number, weight_row, weights
+from service.formatting import estimate, interval, number, weight_row, weights
 
 if TYPE_CHECKING:
     from service.api.schemas import (
@@ -229,6 +229,17 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
         if study.sparse:
             line += f"; pure sparse = {estimate(study.sparse.value, study.sparse.stderr)}"
         console.print(line)
+    if study.gain and study.gain.low is not None:
+        then = (
+            "the re-evaluation below is not"
+            if study.reevaluation
+            else f"`shapetune reevaluate {study.name}` tries fresh ones"
+        )
+        g = study.gain
+        console.print(
+            f"best - sparse on the study's seeds = {estimate(g.mean, g.stderr)}, 95 % CI "
+            f"{interval(g.low, g.high)} (optimistic: these seeds picked the best; {then})"
+        )
     print_reevaluation(study.reevaluation)
 
 
@@ -261,6 +272,4 @@ def print_reevaluation(found: Reevaluation | None) -> None:
             estimate(arm.mean, arm.stderr),
         )
     console.print(table)
-    if found.difference:
-        d = found.difference
-        console.print(f"incumbent - pure sparse, paired by seed: {estimate(d.mean, d.stderr)}")
+    console.print(found.verdict)

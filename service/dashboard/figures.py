@@ -47,8 +47,11 @@ CURVE_PANELS = (
 
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return {
-        "title": {"text": title, "font": {"size": 14}},
-        "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
+        "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
+        # Plotly's toolbar sits in the top right corner, over a long title: upright at the
+        # right edge it covers neither the title nor the plot.
+        "modebar": {"orientation": "v"},
+        "margin": {"l": 60, "r": 40, "t": 40, "b": 50},
         "height": 360,
         "hovermode": "closest",
         **extra,
@@ -85,8 +88,9 @@ def comparison(detail: dict[str, Any]) -> Figure | None:
         "y": [significant(t["value"]) for t in bars],
         "error_y": {"type": "data", "array": [significant(t["stderr"]) or 0.0 for t in bars]},
         "marker": {"color": colours},
-        "text": [_weights_text(t["weights"]) for t in bars],
-        "hovertemplate": "%{x}<br>%{y:.4f}<br>%{text}<extra></extra>",
+        # Weights in the hover only: as bar text Plotly prints them sideways in the bar.
+        "hovertext": [_weights_text(t["weights"]) for t in bars],
+        "hovertemplate": "%{x}<br>%{y:.4f}<br>%{hovertext}<extra></extra>",
     }
     return {
         "data": [trace],
@@ -184,22 +188,22 @@ def weights(detail: dict[str, Any]) -> Figure | None:
 
 
 def params(detail: dict[str, Any]) -> Figure | None:
-    """Parallel coordinates of the sampler's parameters and knobs, coloured by objective."""
+    """Parallel coordinates of each trial's mixing weights and knobs, coloured by objective
+    (the weights, not the sampler's stick-breaking coordinates, which mean nothing to a
+    reader)."""
     done = _complete(detail)
-    names = sorted({k for t in done for k in detail["params"].get(t["number"], {})})
-    if not names:
+    if not done:
         return None
-    knobs = detail["spec"].get("knobs", {})
+    spec = detail["spec"]
+    knobs = spec.get("knobs", {})
     axes = [
-        Axis(
-            k,
-            [detail["params"][t["number"]].get(k) for t in done],
-            (knobs[k]["low"], knobs[k]["high"]) if k in knobs else (0.0, 1.0),
-            log=bool(knobs.get(k, {}).get("log")),
-        )
-        for k in names
+        Axis(m, [(t["weights"] or {}).get(m) for t in done], (0.0, 1.0)) for m in spec["methods"]
     ]
-    return parallel("parameters and knobs (parallel coordinates)", axes, done, detail)
+    axes += [
+        Axis(k, [t["knobs"].get(k) for t in done], (b["low"], b["high"]), log=bool(b.get("log")))
+        for k, b in knobs.items()
+    ]
+    return parallel("weights and knobs (parallel coordinates)", axes, done, detail)
 
 
 @dataclass(frozen=True)

@@ -109,13 +109,11 @@ def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
     except StoreError as e:
         return _problem(request, e)
     best = detail["trials_by_number"].get(detail["best_trial"])
-    sparse = detail["sparse"]
     return _page(
         request,
         "study.html",
         s=detail,
         best=best,
-        gain=best["value"] - sparse["value"] if best and sparse else None,
         figures=figures.study_figures(detail),
         refresh=REFRESH_S if detail["status"] in LIVE else 0,
     )
@@ -153,7 +151,6 @@ def _study_view(url: str, name: str) -> dict[str, Any]:
         "trials_by_number": by_number,
         "best_trial": study.best.trial if study.best else None,
         "sparse": by_number[study.sparse.trial] if study.sparse else None,
-        "params": plots.params,
         "curves": plots.curves,
     }
 

@@ -34,6 +34,7 @@ from service.api.schemas import (
 from service.store import studies as store
 from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel, StudyStatus
+from service.tuning import verdict
 from service.tuning.contracts import TrialRecord, own_complete
 from service.tuning.objective import (
     CURVE_KEY,
@@ -86,6 +87,7 @@ def study(url: str, name: str) -> StudyPublic:
     trials = study_trials(url, name)
     states = [t.state.name for t in trials]
     best, sparse = _incumbent(record, trials), _sparse(trials)
+    best_arm, sparse_arm = _arm(best) if best else None, _arm(sparse) if sparse else None
     return StudyPublic(
         **_summary(url, record, trials, best, sparse).model_dump(),
         spec=record.spec,
@@ -93,8 +95,9 @@ def study(url: str, name: str) -> StudyPublic:
         counts={s: states.count(s) for s in sorted(set(states))},
         running=states.count(TrialState.RUNNING.name),
         failed=states.count(TrialState.FAIL.name),
-        best=_arm(best) if best else None,
-        sparse=_arm(sparse) if sparse else None,
+        best=best_arm,
+        sparse=sparse_arm,
+        gain=verdict.gain(best_arm, sparse_arm) if best_arm and sparse_arm else None,
         control_arms=[_arm(t) for t in trials if TrialRecord.from_trial(t).label],
         pareto_front=_front(record, trials),
         importance=_cached_importance(url, record, trials),
@@ -161,7 +164,13 @@ def reevaluation(url: str, name: str) -> Reevaluation | None:
     """The study's latest re-evaluation of its incumbent (`service.tuning.reevaluate`)."""
     found = _study(url, name)
     kept = None if found is None else found.user_attrs.get(REEVALUATION)
-    return Reevaluation.model_validate(kept) if isinstance(kept, dict) else None
+    if not isinstance(kept, dict):
+        return None
+    parsed = Reevaluation.model_validate(kept)
+    if parsed.difference is not None:  # its interval, also for one kept by older versions
+        parsed.difference = verdict.estimate(parsed.difference.values)
+    parsed.verdict = verdict.sentence(parsed, direction(parsed.objective))
+    return parsed
 
 
 def trial_summary(t: FrozenTrial) -> TrialSummary:

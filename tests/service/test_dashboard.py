@@ -19,10 +19,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.dashboard.routes import PLOTLY, router
+from service.dashboard import figures
+from service.dashboard.routes import PLOTLY, _study_view, router
 from service.executor import InlineExecutor
 from service.settings import Settings
 from service.store import studies as store
+from service.tuning import read
 from service.tuning.spec import parse_spec
 from service.tuning.study import run_study
 
@@ -108,6 +110,33 @@ def test_study_page_shows_best_vs_sparse_and_every_plot(
     assert f'src="/static/{PLOTLY}"' in text and "cdn" not in text.lower()
     assert text.count('href="/studies/dash-demo/trials/') >= 4
     assert 'http-equiv="refresh"' not in text
+
+
+def test_the_study_plots_read_for_a_user(finished: tuple[Settings, str]) -> None:
+    """Weights and knobs on the parallel axes (not the sampler's u0, u1); the weights of a
+    bar in its hover, not printed sideways in it; the toolbar off the titles; best - sparse
+    with its uncertainty."""
+    settings, name = finished
+    url = settings.storage_url()
+    detail = _study_view(url, name)
+    drawn = figures.study_figures(detail)
+    assert drawn["params"]["layout"]["xaxis"]["ticktext"] == [
+        "sparse",
+        "red",
+        "uniform",
+        "objective",
+    ]
+    bars = drawn["comparison"]["data"][0]
+    assert "text" not in bars and len(bars["hovertext"]) == len(bars["x"])
+    assert all(f["layout"]["modebar"] == {"orientation": "v"} for f in drawn.values())
+
+    study = read.study(url, name)
+    assert study.best and study.sparse and study.best.trial != study.sparse.trial
+    assert study.gain is not None and study.gain.low is not None and study.gain.high is not None
+    assert study.gain.low < study.gain.mean < study.gain.high
+    page = TestClient(_app(settings)).get(f"/studies/{name}").text
+    shown = f"best − sparse = {study.gain.mean:+.4f} ± {study.gain.stderr:.4f}, 95 % CI ["
+    assert shown in page
 
 
 def test_trial_page_shows_seed_curves_values_cost_and_samples(

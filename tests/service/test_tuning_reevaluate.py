@@ -3,6 +3,7 @@ differences, kept with the study, resumable, shown by the CLI, the API and the d
 
 from __future__ import annotations
 
+import html
 import math
 import statistics
 from collections.abc import Callable
@@ -167,20 +168,21 @@ def test_the_cli_api_and_dashboard_show_it(
     )
     assert ran.exit_code == 0, ran.output
     assert "re-evaluated on fresh seeds [10005, 10006]" in ran.output
-    assert "incumbent - pure sparse, paired by seed:" in ran.output
-    shown = runner.invoke(cli_app, ["status", spec.name, *where])
-    assert "re-evaluated on fresh seeds" in shown.output
-
     study = read.study(url, spec.name)
     assert study.reevaluation is not None and study.reevaluation.seeds == [10005, 10006]
     assert [a.trial for a in study.reevaluation.arms] == [2, 0]
+    said = study.reevaluation.verdict
+    assert said.endswith("over 2 fresh seeds") and "95 % CI [" in said, said
+    assert " ".join(said.split()) in " ".join(ran.output.split())
+    shown = runner.invoke(cli_app, ["status", spec.name, *where], env={"COLUMNS": "300"})
+    assert "re-evaluated on fresh seeds" in shown.output and said in shown.output
 
     app = FastAPI()
     app.state.settings = Settings(home=home, storage=url)
     app.include_router(router)
     page = TestClient(app).get(f"/studies/{spec.name}")
     assert page.status_code == 200 and 'id="reevaluation"' in page.text
-    assert "incumbent − pure sparse, paired by seed" in page.text
+    assert f'<p class="verdict" id="verdict"><b>{html.escape(said)}</b></p>' in page.text
 
     with serving(create_app(Settings(home=home, storage=url, coordinator=False))) as base:
         remote = runner.invoke(cli_app, ["status", spec.name, "--url", base])
