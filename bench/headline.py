@@ -5,12 +5,13 @@ baseline, with 95 % confidence intervals, and the mix a tuning study finds.
     .venv/bin/python bench/headline.py --steps 30 --batch 16 --seeds 3   # what fits 2 cores
 
 Needs the built-in task prepared (`shapetune prepare`). Every arm is `trainers.ppo.train` on
-imdb-sentiment at equal PPO steps and the same seeds (0..seeds-1), two runs at a time with
-one torch thread each; every arm's critic starts from the reward model, as the strong
-sparse baseline's does, except the first row (sparse with the critic from the policy, the
-classic set-up). The last row is the mix a tuning study (`shapetune run`, GP sampler, 2 seeds
-a trial, seeds 1000 and up) finds over sparse, RED, attention and amortized credit: its
-incumbent, trained on the table's seeds, which the study never saw.
+imdb-sentiment at equal PPO steps and the same seeds (--first-seed and up), two runs at a
+time with one torch thread each; every arm's critic starts from the reward model, as the
+strong sparse baseline's does, except the first row (sparse with the critic from the policy,
+the classic set-up). The last row is the mix a tuning study finds: by default a study this
+script runs first (`shapetune run`, the demo's spec with the table's inner settings, 2 seeds
+a trial from seed 1000), or with `--study demo` the one `make demo` ran; its incumbent is
+trained on the table's seeds, which the study never used.
 
 Writes docs/results.md (the table, the machine, the versions, the time), docs/results.png
 (held-out RM curves against steps and seconds) and the raw runs as JSON beside `--json`.
@@ -31,10 +32,15 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
 from methods_bench import _series, one_run, plot, summarize
 from scipy import stats
 
 RM = {"critic_init": "reward_model"}
+# The network is trusted once its error on fresh labels is within 8x the teacher's own
+# sampling error (bench/results/amortized.md: 0.447 against 0.071 after 9 steps); at the
+# default 1x it would fall back to the teacher, full token-Shapley cost, all run long.
+AMORTIZED = {"teacher": "shapley", "error_ratio": 8.0}
 ARMS: dict[str, dict[str, Any]] = {
     "sparse (critic: policy)": {"weights": {"sparse": 1.0}},
     "sparse (critic: RM)": {"weights": {"sparse": 1.0}, "ppo": RM},
@@ -51,31 +57,43 @@ ARMS: dict[str, dict[str, Any]] = {
     # 32 responses is 16,000 RM rows, beyond a 2-core budget.
     "shap": {"weights": {"shap": 1.0}, "options": {"shap": {"max_evals": 100}}, "ppo": RM},
     "lime": {"weights": {"lime": 1.0}, "options": {"lime": {"num_samples": 100}}, "ppo": RM},
-    "amortized (teacher: shapley)": {"weights": {"amortized": 1.0}, "ppo": RM},
+    "amortized (teacher: shapley)": {
+        "weights": {"amortized": 1.0},
+        "options": {"amortized": AMORTIZED},
+        "ppo": RM,
+    },
 }
 FAIR = "sparse (critic: RM)"
 TUNED = "BO-tuned mix"
-STUDY_METHODS = ["sparse", "red", "attention", "amortized"]
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
 def study_incumbent(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
-    """Run a tuning study with the CLI (its own home and SQLite file) and return its
-    incumbent's weights and the study's own figures."""
+    """The incumbent of study `--study` in `--home` (one `make demo` ran, say), or of a
+    study this script runs first: the demo's spec (methods, their options, sampler,
+    pruner) with the table's inner settings, 2 seeds a trial from seed 1000. Returned with
+    what the table needs to train it: weights and the methods' options."""
+    shapetune = Path(sys.executable).parent / "shapetune"
+    if args.study:
+        status = subprocess.run(
+            [str(shapetune), "status", args.study, "--json", "--home", args.home],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return _incumbent(json.loads(status.stdout), args.study)
     spec = {
+        **yaml.safe_load(DEMO.read_text()),
         "name": "headline",
-        "task": {"name": "imdb-sentiment"},
-        "methods": STUDY_METHODS,
-        "seeds": 2,
-        "seed": 1000,  # the table's seeds are 0..n-1: the incumbent is judged on fresh ones
+        "seed": 1000,  # the table's seeds are --first-seed and up: fresh to the study
         "budget": args.study_trials,
-        "objective": "auc",
-        "inner": {
-            "steps": settings["steps"],
-            "eval_interval": settings["eval_interval"],
-            "eval_prompts": settings["eval_prompts"],
-            "ppo": {**settings["ppo"], **RM},
-        },
-        "resources": {"cpus": 1, "torch_threads": 1},
+    }
+    spec["inner"] = {
+        **spec["inner"],
+        "steps": settings["steps"],
+        "eval_interval": settings["eval_interval"],
+        "eval_prompts": settings["eval_prompts"],
+        "ppo": {**settings["ppo"], **RM},
     }
     with tempfile.TemporaryDirectory() as home:
         path = Path(home) / "headline.json"
@@ -84,7 +102,6 @@ def study_incumbent(args: argparse.Namespace, settings: dict[str, Any]) -> dict[
         # The prepared task is read where `prepare` left it, not from the study's home.
         tasks = Path(args.home).expanduser() / "tasks"
         (Path(home) / "tasks").symlink_to(tasks)
-        shapetune = Path(sys.executable).parent / "shapetune"
         subprocess.run([str(shapetune), "run", str(path)], check=True, env=env)
         status = subprocess.run(
             [str(shapetune), "status", "headline", "--json"],
@@ -93,8 +110,21 @@ def study_incumbent(args: argparse.Namespace, settings: dict[str, Any]) -> dict[
             capture_output=True,
             text=True,
         )
-    best = json.loads(status.stdout)["best"]  # the incumbent (`shapetune status --json`)
-    return {"weights": best["weights"], "trial": best["trial"], "value": best["value"]}
+    return _incumbent(json.loads(status.stdout), "headline")
+
+
+def _incumbent(study: dict[str, Any], name: str) -> dict[str, Any]:
+    best, spec = study["best"], study["spec"]
+    return {
+        "study": name,
+        "trials": study["done"],
+        "methods": spec["methods"],
+        "inner": {k: v for k, v in spec["inner"].items() if k != "shaping"},
+        "weights": best["weights"],
+        "options": spec["inner"].get("shaping", {}).get("options", {}),
+        "trial": best["trial"],
+        "value": best["value"],
+    }
 
 
 def confidence(values: list[float]) -> tuple[float, float]:
@@ -161,6 +191,12 @@ def main() -> None:
     parser.add_argument("--study-trials", type=int, default=8)
     parser.add_argument("--arms", default=",".join(ARMS), help="Comma-separated; all by default.")
     parser.add_argument("--no-study", action="store_true", help="Leave out the BO-tuned row.")
+    parser.add_argument(
+        "--study", help="Take the BO-tuned row from this finished study in --home (e.g. demo)."
+    )
+    parser.add_argument(
+        "--first-seed", type=int, default=100, help="Seeds of the table: fresh to the studies."
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--home", default=os.environ.get("SHAPETUNE_HOME", "~/.shapetune"))
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
@@ -178,9 +214,10 @@ def main() -> None:
     study = None
     if not a.no_study:
         study = study_incumbent(a, settings)
-        arms[TUNED] = {"weights": study["weights"], "ppo": RM}
+        arms[TUNED] = {"weights": study["weights"], "options": study["options"], "ppo": RM}
     settings["arms"] = arms
-    jobs = [(arm, seed, settings) for arm in arms for seed in range(a.seeds)]
+    seeds = range(a.first_seed, a.first_seed + a.seeds)
+    jobs = [(arm, seed, settings) for arm in arms for seed in seeds]
     with ProcessPoolExecutor(a.processes) as pool:
         runs = list(pool.map(one_run, *zip(*jobs, strict=True)))
     table = table_rows(runs)
@@ -212,9 +249,10 @@ def page(result: dict[str, Any], a: argparse.Namespace) -> str:
         kept = old.split(marker, 1)[1]
     study = result["study"]
     tuned = (
-        f"The BO-tuned mix: weights {study['weights']} (trial {study['trial']} of a "
-        f"{a.study_trials}-trial study over {', '.join(STUDY_METHODS)}, 2 seeds a trial, seeds "
-        "1000 and up), trained on the table's seeds."
+        f"The BO-tuned mix: weights {study['weights']}, the incumbent (trial {study['trial']}) "
+        f"of study `{study['study']}` ({study['trials']} completed trials over "
+        f"{', '.join(study['methods'])}, inner runs {json.dumps(study['inner'])}), "
+        "trained on the table's seeds, which that study never used."
         if study
         else "No BO-tuned row in this run (--no-study)."
     )
@@ -222,7 +260,8 @@ def page(result: dict[str, Any], a: argparse.Namespace) -> str:
         "# Results on the built-in task\n\n"
         f"Made by `.venv/bin/python {result['command']}` in {result['wall_seconds'] / 60:.0f} "
         f"minutes on {result['machine']} ({result['versions']}).\n\n"
-        f"Settings: {a.steps} PPO steps of {a.batch} prompts, {a.seeds} seeds per arm (0..{a.seeds - 1}), "
+        f"Settings: {a.steps} PPO steps of {a.batch} prompts, {a.seeds} seeds per arm "
+        f"({a.first_seed}..{a.first_seed + a.seeds - 1}), "
         f"held-out evaluation every {a.eval_interval} steps on {a.eval_prompts} prompts. "
         "Every arm's critic starts from the reward model except the first row. "
         f'The fair baseline is `{FAIR}`: "steps / s to fair sparse final" is when an arm\'s '

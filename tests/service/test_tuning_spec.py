@@ -258,3 +258,18 @@ def test_run_refuses_a_study_name_taken_by_another_spec(
     assert result.exit_code == 2, result.output
     assert f"shapetune resume {first['name']}" in " ".join(result.output.split())
     assert get_study(default_url(home), first["name"]).spec == first
+
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_the_example_specs_are_valid(path: Path) -> None:
+    """The README's specs (the demo's first) parse, and the inner runs at both ends of every
+    knob build, their method options checked by the methods themselves."""
+    from service.tuning.spec import corner_configs
+
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    for config in corner_configs(spec):
+        assert set(config.shaping.options) <= set(spec.methods)
