@@ -94,6 +94,7 @@ def study_incumbent(args: argparse.Namespace, settings: dict[str, Any]) -> dict[
         "eval_interval": settings["eval_interval"],
         "eval_prompts": settings["eval_prompts"],
         "ppo": {**settings["ppo"], **RM},
+        "shaping": {**spec["inner"]["shaping"], **settings["shaping"]},
     }
     with tempfile.TemporaryDirectory() as home:
         path = Path(home) / "headline.json"
@@ -195,6 +196,12 @@ def main() -> None:
         "--study", help="Take the BO-tuned row from this finished study in --home (e.g. demo)."
     )
     parser.add_argument(
+        "--coalition-dtype",
+        default="bfloat16",
+        choices=["float32", "bfloat16"],
+        help="The RM copy that scores masked variants (bench/results/teacher.md).",
+    )
+    parser.add_argument(
         "--first-seed", type=int, default=100, help="Seeds of the table: fresh to the studies."
     )
     parser.add_argument("--processes", type=int, default=2)
@@ -209,6 +216,7 @@ def main() -> None:
         "eval_prompts": a.eval_prompts,
         "home": str(Path(a.home).expanduser()),
         "ppo": {"rollout_batch": a.batch, "minibatch": a.batch // 2, "epochs": 2},
+        "shaping": {"coalition_dtype": a.coalition_dtype},
     }
     arms = {name: ARMS[name] for name in a.arms.split(",")}
     study = None
@@ -261,7 +269,8 @@ def page(result: dict[str, Any], a: argparse.Namespace) -> str:
         f"Made by `.venv/bin/python {result['command']}` in {result['wall_seconds'] / 60:.0f} "
         f"minutes on {result['machine']} ({result['versions']}).\n\n"
         f"Settings: {a.steps} PPO steps of {a.batch} prompts, {a.seeds} seeds per arm "
-        f"({a.first_seed}..{a.first_seed + a.seeds - 1}), "
+        f"({a.first_seed}..{a.first_seed + a.seeds - 1}), masked variants scored by a "
+        f"{a.coalition_dtype} copy of the RM, "
         f"held-out evaluation every {a.eval_interval} steps on {a.eval_prompts} prompts. "
         "Every arm's critic starts from the reward model except the first row. "
         f'The fair baseline is `{FAIR}`: "steps / s to fair sparse final" is when an arm\'s '

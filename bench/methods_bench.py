@@ -64,7 +64,11 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     config = TrainConfig.from_dict(
         {
             "task": {"name": "imdb-sentiment"},
-            "shaping": {"weights": spec["weights"], "options": spec.get("options", {})},
+            "shaping": {
+                "weights": spec["weights"],
+                "options": spec.get("options", {}),
+                **args.get("shaping", {}),  # e.g. coalition_dtype, from bench/headline.py
+            },
             "ppo": {**args["ppo"], **spec.get("ppo", {})},
             "steps": args["steps"],
             "eval_interval": args["eval_interval"],

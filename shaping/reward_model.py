@@ -8,6 +8,7 @@ forward pass; RED and the scorer's prefix sharing rely on that.
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -151,3 +152,16 @@ class HFRewardModel:
             return head_prefix_scores(self.model, ids, mask)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return out.logits[:, 0], out.hidden_states[-1]
+
+
+def in_dtype(rm: RewardModel, dtype: torch.dtype) -> HFRewardModel:
+    """A copy of a Hugging Face RM whose weights are `dtype` (bfloat16: the scorer's cheaper
+    model for masked variants). Only an HF model can be cast; a reward function in torch has
+    no weights to cast."""
+    if not isinstance(rm, HFRewardModel):
+        raise ValueError(
+            f"the reward model ({type(rm).__name__}) is no Hugging Face model: it cannot be "
+            f"cast to {dtype}; set shaping.coalition_dtype: float32"
+        )
+    cast = copy.deepcopy(rm.model).to(dtype)
+    return HFRewardModel(cast, rm.tokenizer, rm.mask_token_id)

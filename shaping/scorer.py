@@ -90,10 +90,15 @@ class RewardScorer:
         rm: RewardModel,
         rows_per_forward: int = 256,
         policy_tokenizer: PreTrainedTokenizerBase | None = None,
+        coalition_rm: RewardModel | None = None,
     ) -> None:
         if rows_per_forward < 1:
             raise ValueError(f"rows_per_forward={rows_per_forward} must be >= 1")
         self.rm = rm
+        self.coalition_rm = coalition_rm or rm
+        """What scores the masked variants of `coalition_values` (Shapley, SHAP, LIME, the
+        amortized teacher): the RM, or a cheaper copy of it (bfloat16). The responses' own
+        scores, prefixes, states and attentions always come from the RM itself."""
         self.rows_per_forward = rows_per_forward
         self.stats = ScorerStats()
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
@@ -201,12 +206,18 @@ class RewardScorer:
 
     @torch.no_grad()
     def _forward_packed(
-        self, ids: torch.Tensor, lengths: torch.Tensor, prefixes: bool = False, states: bool = False
+        self,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        prefixes: bool = False,
+        states: bool = False,
+        rm: RewardModel | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score right-padded rows (N, width) of the given lengths (N,): (N,), or with
         `prefixes` (N, width); with `states` also the hidden states (N, width, H) from the same
-        pass. Rows go through the RM `rows_per_forward` at a time, shortest first, each chunk
-        cut to its longest row so padding stays small."""
+        pass. Rows go through the RM (or `rm`) `rows_per_forward` at a time, shortest first,
+        each chunk cut to its longest row so padding stays small."""
+        model = rm or self.rm
         N, width = ids.shape
         out = torch.zeros((N, width) if prefixes else (N,))
         hidden: torch.Tensor | None = None
@@ -223,9 +234,9 @@ class RewardScorer:
                     hidden = torch.zeros(N, width, chunk_states.shape[-1])
                 hidden[chunk, :n] = chunk_states.float().cpu()
             elif prefixes:
-                scores = self.rm.prefix_scores(chunk_ids, mask)
+                scores = model.prefix_scores(chunk_ids, mask)
             else:
-                scores = self.rm.scores(chunk_ids, mask)
+                scores = model.scores(chunk_ids, mask)
             self.stats.model_seconds += time.perf_counter() - started
             self.stats.forwards += 1
             self.stats.rows += len(chunk)
@@ -302,7 +313,7 @@ class RewardScorer:
         lengths = torch.cat(
             [torch.full((k,), b.shape[1]) for k, b in zip(sizes, blocks, strict=True)]
         )
-        return list(self._forward_packed(ids, lengths)[0].split(sizes))
+        return list(self._forward_packed(ids, lengths, rm=self.coalition_rm)[0].split(sizes))
 
     @torch.no_grad()
     def attention_values(self, batch: RolloutBatch) -> list[torch.Tensor]:

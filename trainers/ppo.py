@@ -35,6 +35,7 @@ import torch
 from transformers import GenerationConfig
 
 from shaping.batch import RolloutBatch
+from shaping.reward_model import in_dtype
 from shaping.scorer import NonFiniteRewardError, RewardScorer
 from shaping.shaper import Shaper
 from trainers import checkpoint
@@ -154,9 +155,18 @@ def build_run(config: TrainConfig, task: Task) -> Run:
     ref_policy.requires_grad_(False)
     params = [*policy.parameters(), *value.parameters()]
     optimizer = torch.optim.Adam(params, lr=config.ppo.lr, eps=1e-5)
-    rm = DeviceRewardModel(task.load_reward_model(), device)
+    loaded = task.load_reward_model()
+    coalition_rm = None
+    if config.shaping.coalition_dtype == "bfloat16":
+        try:
+            coalition_rm = DeviceRewardModel(in_dtype(loaded, torch.bfloat16), device)
+        except ValueError as e:
+            raise ConfigError(f"shaping.coalition_dtype: {e}") from e
     scorer = RewardScorer(
-        rm, rows_per_forward=config.shaping.rows_per_forward, policy_tokenizer=task.tokenizer
+        DeviceRewardModel(loaded, device),
+        rows_per_forward=config.shaping.rows_per_forward,
+        policy_tokenizer=task.tokenizer,
+        coalition_rm=coalition_rm,
     )
     shaper = Shaper(scorer, config.shaping.weights, config.method_options())
     train_prompts, eval_prompts = _prompts(task)

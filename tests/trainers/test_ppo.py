@@ -249,6 +249,10 @@ def test_a_nan_reward_stops_the_run_naming_step_and_phase() -> None:
             lambda: ShapingConfig({"sparse": 1.0}, {"red": {"colour": 1}}),
             "shaping.options.red.*keep_offset",
         ),
+        (
+            lambda: ShapingConfig({"sparse": 1.0}, coalition_dtype="float16"),  # type: ignore[arg-type]
+            "shaping.coalition_dtype='float16'.*float32 or bfloat16",
+        ),
         (lambda: PPOConfig(rollout_batch=10, minibatch=4), "ppo.minibatch=4.*divide"),
         (lambda: PPOConfig(rollout_batch=1, minibatch=1), "ppo.rollout_batch=1.*at least 2"),
         (lambda: PPOConfig(kl_estimator="k2"), r"ppo.kl_estimator='k2'.*\['k1', 'k3'\]"),  # type: ignore[arg-type]
@@ -279,6 +283,9 @@ def test_config_round_trips_and_run_time_config_errors(tmp_path: Path) -> None:
         ConfigError, match=r"critic_init='reward_model'.*Use ppo.critic_init='policy'"
     ):
         build_run(config(ppo={"critic_init": "reward_model"}), synthetic())
+    bf16 = replace(cfg, shaping=replace(cfg.shaping, coalition_dtype="bfloat16"))
+    with pytest.raises(ConfigError, match=r"coalition_dtype: .*SyntheticReward.*float32"):
+        build_run(bf16, synthetic())
     with pytest.raises(
         ConfigError, match=r"task.name='imdb-sentiment' but the task given is 'synthetic'"
     ):
