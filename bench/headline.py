@@ -197,9 +197,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--coalition-dtype",
-        default="bfloat16",
+        default="float32",
         choices=["float32", "bfloat16"],
-        help="The RM copy that scores masked variants (bench/results/teacher.md).",
+        help="The RM copy that scores masked variants: bfloat16 pays only on a CPU with "
+        "native bf16 (trainers/config.py, ShapingConfig.coalition_dtype).",
     )
     parser.add_argument(
         "--first-seed", type=int, default=100, help="Seeds of the table: fresh to the studies."

@@ -66,10 +66,12 @@ class ShapingConfig:
     rows_per_forward: int = 256
     """Reward-model rows per forward pass when attribution scores masked variants."""
     coalition_dtype: Literal["float32", "bfloat16"] = "float32"
-    """The RM copy that scores masked variants (Shapley, SHAP, LIME, amortized's teacher):
-    bfloat16 took 0.38x the time on a 2-core CPU and moved token-Shapley credits by 0.35 %
-    (relative L2), against their 6.75 % sampling error at 8 permutations
-    (bench/teacher_bench.py). The responses' own scores stay float32. HF reward models only."""
+    """The RM copy that scores masked variants (Shapley, SHAP, LIME, amortized's teacher).
+    bfloat16 moved token-Shapley credits by 0.35 % (relative L2), against their 6.75 %
+    sampling error at 8 permutations (bench/teacher_bench.py); its time depends on the CPU:
+    0.38x float32's on the 2-core machine teacher_bench ran on, 8.8x (slower) on 2 cores
+    with AVX2 and no AVX-512 bf16 instructions, so float32 stays the default. The responses' own scores stay float32. HF
+    reward models only; on a GPU bf16 is native."""
 
     def __post_init__(self) -> None:
         weights = {str(k): float(w) for k, w in self.weights.items()}

@@ -301,7 +301,9 @@ class _Loop:
             trial.set_constraint("kl_max", kl_excess(self.spec.constraints.kl_max, final))
         if any(r.pruned for r in seeds):  # kept, not credited: the incumbent is COMPLETE
             self.study.tell(trial, state=TrialState.PRUNED)
-            self._report(f"trial {trial.number} pruned after {max(r.steps for r in seeds)} steps")
+            at = TrialRecord.from_trial(self.storage.get_trial(trial._trial_id)).pruned_at
+            ran = ", ".join(str(r.steps) for r in seeds)
+            self._report(f"trial {trial.number} pruned at step {at} (its seeds ran {ran} steps)")
             return
         if any(r.stopped_early for r in seeds):  # not pruned: the study was cancelled
             write(trial, TrialRecord(stopped_for="cancelled before its inner runs finished"))
