@@ -25,7 +25,7 @@ setup: $(BIN)/.installed
 # on it (embedded SQLite, local Ray), then the best shape and pure sparse re-run on fresh
 # seeds, ending with whether the best shape beats sparse beyond noise. Run again, it
 # continues (or just reports) the same study and reuses the finished re-evaluation runs.
-DEMO_SEEDS ?= 4
+DEMO_SEEDS ?= 3
 demo: setup
 	$(BIN)/shapetune prepare
 	$(BIN)/shapetune run examples/demo.yaml
