@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 from methods_bench import _series, one_run, plot, summarize
-from scipy import stats
+
+from service.tuning.verdict import estimate
 
 RM = {"critic_init": "reward_model"}
 # The network is trusted once its error on fresh labels is within 8x the teacher's own
@@ -129,12 +130,11 @@ def _incumbent(study: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def confidence(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t-interval (nan for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, float(half)
+    """Mean and the half-width of its 95 % t-interval (nan for one value), as the service
+    computes it for the re-evaluation (`service.tuning.verdict.estimate`)."""
+    found = estimate(values)
+    half = float("nan") if found.high is None or found.mean is None else found.high - found.mean
+    return statistics.fmean(values), half
 
 
 def table_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -70,8 +70,8 @@ class ShapingConfig:
     bfloat16 moved token-Shapley credits by 0.35 % (relative L2), against their 6.75 %
     sampling error at 8 permutations (bench/teacher_bench.py); its time depends on the CPU:
     0.38x float32's on the 2-core machine teacher_bench ran on, 8.8x (slower) on 2 cores
-    with AVX2 and no AVX-512 bf16 instructions, so float32 stays the default. The responses' own scores stay float32. HF
-    reward models only; on a GPU bf16 is native."""
+    with AVX2 and no AVX-512 bf16 instructions, so float32 stays the default. The
+    responses' own scores stay float32. Hugging Face reward models only."""
 
     def __post_init__(self) -> None:
         weights = {str(k): float(w) for k, w in self.weights.items()}
@@ -192,8 +192,8 @@ class TrainConfig:
     eval_prompts: int = 64
     """Held-out prompts per evaluation (the first of the task's eval split)."""
     eval_greedy: bool = False
-    """Greedy evaluation responses; by default sampled at `ppo.temperature` with a fixed
-    seed, the same at every evaluation."""
+    """Greedy evaluation responses; by default sampled at `ppo.temperature` with seeds that
+    are the same at every evaluation of every run, whatever its `seed`."""
     eval_samples: int = 3
     """Sample texts kept per evaluation."""
     checkpoint_interval: int = 10

@@ -69,7 +69,11 @@ log = logging.getLogger(__name__)
 
 TRAIN_PHASES = ("rollout", "logprobs", "score", "shape", "advantages", "update")
 EVAL_SEED = 7919
-"""Added to the run's seed for evaluation sampling, the same at every evaluation."""
+"""Seeds evaluation sampling, whatever the run's own seed: common random numbers, so the
+identical policy scores identically in every run, arm and step."""
+EVAL_CHUNK = 16
+"""Held-out prompts sampled together, each chunk seeded by its place: a prompt's sampling
+noise does not depend on the run's batch size either."""
 
 
 class TrainingError(RuntimeError):
@@ -414,16 +418,20 @@ class CurvePoint:
 
 @torch.no_grad()
 def evaluate(run: Run, step: int) -> CurvePoint:
-    """Phase 7: responses to held-out prompts, sampled with a fixed seed (or greedy) so that
-    every evaluation draws alike, scored by the reward model (and the task's gold judge)."""
-    prompts, B = run.eval_prompts, run.config.ppo.rollout_batch
+    """Phase 7: responses to held-out prompts, sampled with seeds fixed by the prompts'
+    places alone (or greedy), so every evaluation of every run draws alike, scored by the
+    reward model (and the task's gold judge)."""
+    prompts = run.eval_prompts
     responses: list[list[int]] = []
     kl: list[torch.Tensor] = []
     devices = [run.device] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
-        torch.manual_seed(run.config.seed + EVAL_SEED)
-        for start in range(0, len(prompts), B):
-            seqs = sample(run.policy, prompts[start : start + B], run.evaluation, run.device)
+        for start in range(0, len(prompts), EVAL_CHUNK):
+            # Not the run's seed: evaluation noise common to every run is cancelled by every
+            # comparison of two runs instead of being charged to it.
+            torch.manual_seed(EVAL_SEED + start)
+            chunk = prompts[start : start + EVAL_CHUNK]
+            seqs = sample(run.policy, chunk, run.evaluation, run.device)
             responses += seqs.response_lists()
             kl.append(_exact_kl(run, seqs))
     scores = run.scorer.score_responses(prompts, responses)

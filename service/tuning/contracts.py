@@ -149,8 +149,13 @@ class TrialRecord:
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+        return cls.from_attrs(trial.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, user_attrs: dict[str, Any]) -> TrialRecord:
+        """The record of a trial's user attributes (a live `optuna.Trial`'s too)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in trial.user_attrs.items() if k in known})
+        return cls(**{k: v for k, v in user_attrs.items() if k in known})
 
     @staticmethod
     def progress_key(seed_index: int) -> str:

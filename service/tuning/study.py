@@ -224,6 +224,9 @@ class _Loop:
         write(trial, TrialRecord(weights=weights, knobs=knobs))
         self.in_flight[trial.number] = _InFlight(trial, weights, knobs)
         runs = run_key(trial.params)
+        # Control arms run to the end: every proposal is compared with them, so a pruned
+        # baseline would leave the study without its yardstick. Pruning is for proposals.
+        control = bool(TrialRecord.from_attrs(trial.user_attrs).label)
         for k in range(self.spec.seeds):
             config = self.spec.train_config(weights, knobs, seed=self.spec.seed + k)
             self.queue.append(
@@ -243,7 +246,7 @@ class _Loop:
                     heartbeat_s=self.timing.heartbeat,
                     objective=self.spec.objective,
                     target=self.spec.target,
-                    pruner=self.pruner,
+                    pruner=None if control else self.pruner,
                     seeds=self.spec.seeds,
                     credit=k == 0,  # the trial keeps the first seed's samples
                     gpus=self.spec.resources.gpus,

@@ -229,11 +229,21 @@ def test_four_ray_workers_write_to_one_study(
 ) -> None:
     from service.executor.ray_executor import RayExecutor
 
+    class CountingRayExecutor(RayExecutor):
+        """Records how many runs were in flight on Ray after each submission: what the
+        study loop did, whatever the speed of the machine that ran them."""
+
+        in_flight: list[int] = []
+
+        def submit(self, fn: Any, job: Any) -> None:
+            super().submit(fn, job)
+            self.in_flight.append(self.running())
+
     budget = 8
     spec = parse_spec(
         make_spec(budget=budget, seeds=1, executor="ray", resources={"cpus": 0.5, "workers": 4})
     )
-    executor = RayExecutor(cpus=0.5, workers=4)
+    executor = CountingRayExecutor(cpus=0.5, workers=4)
     assert executor.slots == 4
     with _study_in_thread(spec, storage_url, tmp_path, executor, timing=FAST) as out:
         pass
@@ -241,10 +251,10 @@ def test_four_ray_workers_write_to_one_study(
     final = _trials(open_storage(storage_url), spec.name)
     assert [t.state for t in final] == [TrialState.COMPLETE] * budget
     assert max(Counter(_signature(t) for t in final).values()) == 1
-    spans = [(t.datetime_start, t.datetime_complete) for t in final]
-    starts = [a for a, _ in spans if a is not None]
-    overlapping = max(sum(1 for a, b in spans if a and b and a <= s < b) for s in starts)
-    assert overlapping >= 2  # inner runs really ran side by side
+    # Four runs were handed to Ray at once, and every trial's result came from a Ray worker
+    # (whether they overlapped in time depends on the machine's speed, so it is not asserted).
+    assert max(executor.in_flight) == 4
+    assert all(p["node"] for t in final for p in t.user_attrs["placements"])
 
 
 WORKER = """

@@ -66,9 +66,21 @@ def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budg
     storage_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
     spec = _hyperband_spec(make_spec, seed=2)
-    final = _run(spec, storage_url, tmp_path)
+    jobs: list[inner.InnerJob] = []
+
+    class Recording(InlineExecutor):
+        def submit(self, fn: JobFn, job: Job) -> None:
+            jobs.append(job)
+            super().submit(fn, job)
+
+    final = run_study(spec, storage_url, tmp_path, Recording(), timing=FAST)
 
     found = _trials(storage_url, spec.name)
+    # The control arms are never judged (the yardstick runs whole); every proposal is.
+    controls = {t.number for t in found if TrialRecord.from_trial(t).label}
+    assert len(controls) == len(spec.methods)
+    assert all((job.pruner is None) == (job.trial_number in controls) for job in jobs)
+    assert not any(t.state == TrialState.PRUNED for t in found if t.number in controls)
     counted = Counter(t.state for t in found)
     assert counted[TrialState.COMPLETE] == spec.budget == final.done  # pruned ones not counted
     pruned = [t for t in found if t.state == TrialState.PRUNED]

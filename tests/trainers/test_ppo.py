@@ -93,6 +93,18 @@ def test_smoke_run_changes_weights_and_reports_finite_metrics(tmp_path: Path) ->
     assert (tmp_path / "result.json").is_file()
 
 
+def test_every_run_evaluates_with_the_same_noise_whatever_its_seed_or_batch() -> None:
+    # Common random numbers: the initial policy is the same in every run, so its held-out
+    # evaluation must be too, or evaluation noise is charged to every comparison of runs.
+    task = synthetic()
+    configs = [config(steps=1, seed=seed) for seed in (0, 1, 2)]
+    configs[2] = replace(configs[2], ppo=replace(configs[2].ppo, rollout_batch=4, minibatch=4))
+    runs = [train(c, task) for c in configs]
+    first = [r.curves[0] for r in runs]
+    assert first[0] == first[1] == first[2]
+    assert runs[0].curves[1] != runs[1].curves[1]  # training itself still differs by seed
+
+
 def test_rollout_masks_after_eos_and_logprobs_ignore_padding() -> None:
     task = synthetic()
     run = build_run(config(), task)
