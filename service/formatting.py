@@ -61,3 +61,14 @@ def weight_row(
     if not weights:
         return missing
     return "/".join(f"{weights[m]:.2f}" for m in methods)
+
+
+def paired_interval(difference: object, *, missing: str = MISSING) -> str:
+    """`+0.0333 [-0.0123, +0.0790]`: a paired difference's mean and its interval (anything
+    with `mean`, `low` and `high`); `missing` for none."""
+    mean = getattr(difference, "mean", None)
+    if mean is None:
+        return missing
+    low, high = getattr(difference, "low", None), getattr(difference, "high", None)
+    shown = number(mean, signed=True, missing=missing)
+    return shown if low is None else f"{shown} {interval(low, high, missing=missing)}"

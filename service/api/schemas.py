@@ -94,32 +94,55 @@ class Estimate(_Public):
     low: float | None = None
     high: float | None = None
     """The 95 % confidence interval of the mean (Student's t; null below 2 seeds)."""
+    pooled_dof: int | None = None
+    """Set when the values were too few for their own spread (under 3): the interval's
+    spread is pooled over the study's paired differences, with these degrees of freedom."""
 
 
 class ReevaluatedArm(Estimate):
     trial: int
     label: str
-    """"incumbent", or the control arm's label."""
+    """"best shape", "challenger", or the sparse baseline's label."""
     weights: dict[str, float] | None
     knobs: dict[str, float]
     study_value: float | None
     """The trial's mean over the study's own seeds, for comparison."""
     study_stderr: float | None
+    left_after: int | None = None
+    """The fresh seeds after which it left the race, behind the leader beyond noise (null:
+    it ran to the end)."""
+    versus_sparse: Estimate | None = None
+    """It minus the sparse baseline on the seeds both ran, paired by seed, at the race's
+    level (null for the baseline itself)."""
 
 
 class Reevaluation(_Public):
-    """The incumbent and the pure-sparse control re-run on seeds no trial used
-    (`shapetune reevaluate NAME`): estimates free of the luck that picked the incumbent."""
+    """The best shapes raced against pure sparse on seeds no trial used, in rounds, paired by
+    seed (`shapetune reevaluate NAME`): estimates free of the luck that picked them."""
 
     objective: str
     seeds: list[int]
+    """The fresh seeds run so far; arm k's `values` are in this order."""
     arms: list[ReevaluatedArm]
+    """The best shape first, then the sparse baseline, then the other challengers."""
     difference: Estimate | None
-    """Incumbent minus control, paired by seed (null when the incumbent is the control)."""
+    """Best shape minus sparse, paired by seed (null in a record kept before races)."""
     finished_at: datetime
+    level: float = 0.95
+    """The level of `difference`'s interval: above 0.95 when the race had several looks or
+    challengers, so that all of its verdicts hold together at 95 %."""
+    margin: float | None = None
+    """The equivalence margin in objective units (null: none was set)."""
+    outcome: Literal["beats", "loses", "equivalent", "undecided", ""] = ""
+    more_seeds: int | None = None
+    """Undecided: about how many more seeds would decide it at the observed spread."""
+    max_seeds: int | None = None
+    done: bool = True
+    """False while the race is still running (or was interrupted: run it again)."""
     verdict: str = ""
-    """The difference in one sentence: the best shape beats pure sparse, or not beyond
-    noise, with the interval and the number of fresh seeds."""
+    """The verdict in one sentence: the best shape beats pure sparse, sparse beats it, they
+    are equivalent within the margin, or undecided after N seeds and how many more would
+    decide it."""
 
 
 class StudyPublic(StudySummary):
@@ -158,6 +181,9 @@ class TrialSummary(_Public):
     value: float | None
     stderr: float | None
     seed_values: list[float | None]
+    versus_sparse: Estimate | None = None
+    """It minus the pure-sparse control, paired by seed, with its 95 % interval (null for
+    the control itself, an unfinished trial, or seeds that do not pair)."""
     failed_for: str
     """The trial's own error, if it failed."""
     stopped_for: str

@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from service.cli.options import console
-from service.formatting import estimate, interval, number, weight_row, weights
+from service.formatting import (
+    estimate,
+    interval,
+    number,
+    paired_interval,
+    weight_row,
+    weights,
+)
 
 if TYPE_CHECKING:
     from service.api.schemas import (
+        Estimate,
         Reevaluation,
         StudiesPublic,
         StudyPublic,
@@ -201,6 +209,7 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
     table.add_column("arm", no_wrap=True)
     table.add_column("/".join(methods) or "weights", no_wrap=True)
     table.add_column("objective ± s.e.", justify="right", no_wrap=True)
+    table.add_column("minus sparse, paired (95 % CI)", justify="right", no_wrap=True)
     gold = "gold" in study.spec.get("objectives", [])
     if gold:
         table.add_column("gold", justify="right", no_wrap=True)
@@ -211,10 +220,18 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
             t.label or ("best" if t.number == best else ""),
             weight_row(t.weights, methods),
             estimate(t.value, t.stderr),
+            paired_interval(t.versus_sparse) + ("*" if _pooled(t.versus_sparse) else ""),
             *([number(t.gold)] if gold else []),
             _state(t),
         )
     console.print(table)
+    pooled = [t.versus_sparse.pooled_dof for t in trials.data if t.versus_sparse]
+    if any(pooled):
+        console.print(
+            f"* fewer than 3 seeds: the interval borrows the spread of the study's paired "
+            f"differences ({max(d or 0 for d in pooled)} degrees of freedom); a spread of 2 "
+            "seeds alone means little"
+        )
     if study.message:
         console.print(study.message)
     if study.importance:
@@ -243,6 +260,10 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
     print_reevaluation(study.reevaluation)
 
 
+def _pooled(difference: Estimate | None) -> bool:
+    return difference is not None and difference.pooled_dof is not None
+
+
 def _state(t: TrialSummary) -> str:
     """The trial's state, why it failed, where it was pruned and what its seeds ran, or that
     it broke the spec's constraints."""
@@ -257,19 +278,21 @@ def _state(t: TrialSummary) -> str:
 
 
 def print_reevaluation(found: Reevaluation | None) -> None:
-    """A study's re-evaluation on fresh seeds (`shapetune reevaluate`), if it has one."""
+    """A study's race on fresh seeds (`shapetune reevaluate`), if it has one."""
     if found is None:
         return
-    table = Table(title=f"re-evaluated on fresh seeds {found.seeds} ({found.objective})")
-    for column in ("trial", "arm", "weights", "in the study", "fresh seeds"):
+    title = f"raced on fresh seeds {found.seeds} ({found.objective})"
+    table = Table(title=title if found.done else f"{title}, not finished: run it again")
+    for column in ("trial", "arm", "weights", "in the study", "fresh seeds", "minus sparse"):
         table.add_column(column, justify="right" if column == "trial" else "left")
     for arm in found.arms:
         table.add_row(
             str(arm.trial),
-            arm.label,
+            arm.label + (f" (left after {arm.left_after} seeds)" if arm.left_after else ""),
             weights(arm.weights),
             estimate(arm.study_value, arm.study_stderr),
             estimate(arm.mean, arm.stderr),
+            paired_interval(arm.versus_sparse),
         )
     console.print(table)
     console.print(found.verdict)

@@ -82,23 +82,34 @@ def resume(
 
 
 def reevaluate(
-    name: Annotated[str, typer.Argument(help="The study whose incumbent to re-run.")],
-    seeds: Annotated[int, typer.Option("--seeds", min=2, help="Fresh seeds per arm.")] = 5,
+    name: Annotated[str, typer.Argument(help="The study whose best shapes to race.")],
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=2, help="Fresh seeds per arm in the first round.")
+    ] = 3,
+    max_seeds: Annotated[
+        int, typer.Option("--max-seeds", min=2, help="Stop undecided after this many seeds.")
+    ] = 10,
+    round_seeds: Annotated[
+        int, typer.Option("--round-seeds", min=1, help="Seeds each later round adds.")
+    ] = 2,
+    arms: Annotated[int, typer.Option("--arms", min=1, help="Shapes raced against sparse.")] = 3,
     trial: Annotated[
-        int | None, typer.Option("--trial", help="Re-run this trial instead of the incumbent.")
+        int | None, typer.Option("--trial", help="Race this trial alone against sparse.")
     ] = None,
     storage: StorageOption = None,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Re-run the incumbent (best mean over seeds) and the pure-sparse control on fresh
-    seeds: an estimate of both, and of their paired difference, free of the luck that
-    picked the incumbent. Kept with the study; `status NAME` shows it."""
+    """Race the study's best shapes against pure sparse on fresh seeds, paired by seed, in
+    rounds: a shape leaves once it is behind the leader beyond noise, and the race stops when
+    the best shape beats sparse, loses to it, or is equivalent within the spec's margin, or
+    at --max-seeds (undecided, with the seeds that would decide it). Kept with the study;
+    `status NAME` shows it; run again, it reuses the finished runs."""
     from service.store.studies import StoreError
     from service.tuning.admission import admit_executor, check_runnable
-    from service.tuning.reevaluate import ReevaluationError
-    from service.tuning.reevaluate import reevaluate as run_reevaluation
+    from service.tuning.reevaluate import RaceSize, ReevaluationError
+    from service.tuning.reevaluate import reevaluate as race
     from service.tuning.spec import SpecError
 
     setup_logging(verbose=False)
@@ -106,19 +117,21 @@ def reevaluate(
     database = existing_storage(storage, home_dir)
     spec = _stored_spec(database, name)
     try:
+        size = RaceSize(arms=arms, min_seeds=seeds, round_seeds=round_seeds, max_seeds=max_seeds)
         check_runnable(spec, home_dir)
         runner = admit_executor(spec, executor, ray_address)
-    except SpecError as e:
+    except (SpecError, ReevaluationError) as e:
         raise fail(str(e)) from e
     try:
         with progress_bar() as bar:
-            job = bar.add_task("re-evaluation runs", total=2 * seeds)
+            # The total grows by round: runs a decided race will not need are never counted.
+            job = bar.add_task("race runs", total=None)
 
-            def show(line: str) -> None:
-                bar.advance(job)
+            def show(line: str, done: int, planned: int) -> None:
+                bar.update(job, completed=done, total=planned)
                 bar.console.log(line)
 
-            run_reevaluation(spec, database, home_dir, runner, seeds, trial, on_run=show)
+            race(spec, database, home_dir, runner, size, trial, on_run=show)
     except (StoreError, ReevaluationError) as e:
         raise fail(str(e)) from e
     render.print_reevaluation(LocalSource(database).study(name).reevaluation)

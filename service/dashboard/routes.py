@@ -40,6 +40,7 @@ templates = Jinja2Templates(directory=str(files("service.dashboard") / "template
 # Numbers and weights read as in the CLI (`service.formatting`); a page marks a missing one "–".
 templates.env.filters["num"] = partial(formatting.number, missing="–")
 templates.env.filters["weights"] = partial(formatting.weights, sep=" ", missing="–")
+templates.env.filters["paired"] = partial(formatting.paired_interval, missing="–")
 
 
 class Where:

@@ -17,6 +17,7 @@ Needs the `botorch` extra (imported by `service.tuning.samplers` only when asked
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,8 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import BoTorchSampler
 
-from service.tuning.contracts import TrialRecord
+from service.tuning.contracts import CONTROL_SPARSE, TrialRecord
+from service.tuning.pairing import differences, pool
 
 PRIOR_DOF = 2.0
 """Degrees of freedom the pooled variance weighs in each trial's variance estimate."""
@@ -46,17 +48,31 @@ at a point is numerically fragile."""
 
 def known_noise(trials: Sequence[FrozenTrial]) -> list[float] | None:
     """Each trial's noise variance (the variance of its mean over seeds), in order; None
-    when no trial has two seeds to measure it."""
-    seeds = [TrialRecord.from_trial(t).seed_values for t in trials]
-    measured = [(len(v) - 1, statistics.variance(v)) for v in seeds if len(v) >= 2]
-    if not measured:
+    when no trial has two seeds to measure it.
+
+    Paired by seed where the study has its pure-sparse control arm: every trial trains and
+    is evaluated on the same seeds (common random numbers), so what a seed does to every
+    trial alike moves them together and is no noise to the GP's comparisons. A trial's own
+    noise is then half the variance of its per-seed differences from sparse (both arms add
+    theirs); sparse's own, and a trial whose seeds do not pair, get the pooled one."""
+    records = [TrialRecord.from_trial(t) for t in trials]
+    seeds = [r.seed_values for r in records]
+    sparse = next((r.seed_values for r in records if r.label == CONTROL_SPARSE), [])
+    own: list[list[float] | None] = list(seeds)
+    if len(sparse) >= 2:
+        own = [
+            None if d is None or r.label == CONTROL_SPARSE else [x / math.sqrt(2) for x in d]
+            for r, d in zip(records, differences(seeds, sparse), strict=True)
+        ]
+    pooled = pool([s for s in own if s is not None])
+    if pooled is None:
         return None
-    pooled = sum(dof * var for dof, var in measured) / sum(dof for dof, _ in measured)
     noise = []
-    for values in seeds:
+    for values, kept in zip(seeds, own, strict=True):
         n = max(len(values), 1)
-        own = statistics.variance(values) if n >= 2 else pooled
-        shrunk = ((n - 1) * own + PRIOR_DOF * pooled) / (n - 1 + PRIOR_DOF)
+        measured = statistics.variance(kept) if kept is not None and len(kept) >= 2 else None
+        dof = n - 1 if measured is not None else 0
+        shrunk = (dof * (measured or 0.0) + PRIOR_DOF * pooled.variance) / (dof + PRIOR_DOF)
         noise.append(shrunk / n)
     return noise
 

@@ -44,6 +44,7 @@ from service.tuning.objective import (
     pareto_front,
     primary,
 )
+from service.tuning.pairing import Pooled, differences, paired, pool
 from service.tuning.spec import StudySpec
 from service.tuning.storage import open_storage
 
@@ -86,7 +87,7 @@ def study(url: str, name: str) -> StudyPublic:
     record = store.get_study(url, name)
     trials = study_trials(url, name)
     states = [t.state.name for t in trials]
-    best, sparse = _incumbent(record, trials), _sparse(trials)
+    best, (sparse, pooled) = _incumbent(record, trials), _pairing(trials)
     best_arm, sparse_arm = _arm(best) if best else None, _arm(sparse) if sparse else None
     return StudyPublic(
         **_summary(url, record, trials, best, sparse).model_dump(),
@@ -97,7 +98,7 @@ def study(url: str, name: str) -> StudyPublic:
         failed=states.count(TrialState.FAIL.name),
         best=best_arm,
         sparse=sparse_arm,
-        gain=verdict.gain(best_arm, sparse_arm) if best_arm and sparse_arm else None,
+        gain=verdict.gain(best_arm, sparse_arm, pooled) if best_arm and sparse_arm else None,
         control_arms=[_arm(t) for t in trials if TrialRecord.from_trial(t).label],
         pareto_front=_front(record, trials),
         importance=_cached_importance(url, record, trials),
@@ -110,7 +111,10 @@ def trials(url: str, name: str, offset: int = 0, limit: int | None = None) -> Tr
     store.get_study(url, name)  # a study unknown to the service is a 404, not an empty page
     found = study_trials(url, name)
     end = None if limit is None else offset + limit
-    return TrialsPublic(data=[trial_summary(t) for t in found[offset:end]], count=len(found))
+    sparse, pooled = _pairing(found)
+    return TrialsPublic(
+        data=[trial_summary(t, sparse, pooled) for t in found[offset:end]], count=len(found)
+    )
 
 
 def trial(url: str, name: str, number: int) -> TrialPublic:
@@ -118,10 +122,11 @@ def trial(url: str, name: str, number: int) -> TrialPublic:
     store.get_study(url, name)
     t = find_trial(url, name, number)
     record = TrialRecord.from_trial(t)
+    sparse, pooled = _pairing(study_trials(url, name))
     running = t.state in (TrialState.RUNNING, TrialState.WAITING)
     default_note = "the trial is still running" if running else "the trial recorded no samples"
     return TrialPublic(
-        **trial_summary(t).model_dump(),
+        **trial_summary(t, sparse, pooled).model_dump(),
         params=t.params,
         curves=[_downsample_seed(c) for c in record.curves],
         intermediate_values=t.intermediate_values,
@@ -161,20 +166,32 @@ def artifacts(
 
 
 def reevaluation(url: str, name: str) -> Reevaluation | None:
-    """The study's latest re-evaluation of its incumbent (`service.tuning.reevaluate`)."""
+    """The study's latest race of its best shapes against sparse
+    (`service.tuning.reevaluate`), its verdict in words."""
     found = _study(url, name)
     kept = None if found is None else found.user_attrs.get(REEVALUATION)
     if not isinstance(kept, dict):
         return None
     parsed = Reevaluation.model_validate(kept)
-    if parsed.difference is not None:  # its interval, also for one kept by older versions
+    if not parsed.outcome and parsed.difference is not None:  # kept before races
         parsed.difference = verdict.estimate(parsed.difference.values)
+        decision = verdict.decide(parsed.difference, 0.0, direction(parsed.objective))
+        parsed.outcome, parsed.more_seeds = decision.outcome, decision.more_seeds
     parsed.verdict = verdict.sentence(parsed, direction(parsed.objective))
     return parsed
 
 
-def trial_summary(t: FrozenTrial) -> TrialSummary:
+def trial_summary(
+    t: FrozenTrial, sparse: FrozenTrial | None = None, pooled: Pooled | None = None
+) -> TrialSummary:
+    """A trial's row; with the study's `sparse` control (and the paired spread `pooled`
+    over its trials), its paired difference from it."""
     record = TrialRecord.from_trial(t)
+    versus = None
+    if sparse is not None and t.number != sparse.number and t.state == TrialState.COMPLETE:
+        base = TrialRecord.from_trial(sparse).seed_values
+        if len(base) == len(record.seed_values):
+            versus = verdict.estimate(paired(record.seed_values, base), pooled=pooled)
     seconds = (
         (t.datetime_complete - t.datetime_start).total_seconds()
         if t.datetime_complete and t.datetime_start
@@ -193,6 +210,7 @@ def trial_summary(t: FrozenTrial) -> TrialSummary:
         feasible=is_feasible(t),
         stderr=record.stderr,
         seed_values=record.seed_values,
+        versus_sparse=versus,
         failed_for=record.failed_for,
         stopped_for=record.stopped_for,
         steps=record.steps,
@@ -299,6 +317,19 @@ def _sparse(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     from service.tuning.study import sparse_arm
 
     return sparse_arm(own_complete(trials))
+
+
+def _pairing(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial | None, Pooled | None]:
+    """The study's sparse control, and the variance of the completed trials' per-seed
+    differences from it pooled over them (what a trial of 2 seeds borrows)."""
+    sparse = _sparse(trials)
+    if sparse is None:
+        return None, None
+    base = TrialRecord.from_trial(sparse).seed_values
+    others = [
+        TrialRecord.from_trial(t).seed_values for t in own_complete(trials) if t is not sparse
+    ]
+    return sparse, pool([d for d in differences(others, base) if d is not None])
 
 
 def _arm(t: FrozenTrial) -> Arm:

@@ -1,20 +1,29 @@
-"""The incumbent re-evaluated on fresh seeds, beside the pure-sparse control.
+"""The study's best shapes raced against pure sparse on fresh seeds, paired by seed.
 
 The best mean over a few noisy seeds is biased upwards: of many trials, the one picked is
-likely one whose seeds were lucky (the winner's curse). Re-running it on seeds no trial
-used gives an unbiased estimate. The control runs on the same fresh seeds, so each seed
-gives a paired difference (common random numbers: the same prompts and initial draws), whose
-standard error is smaller than that of either mean when the runs co-vary.
+likely one whose seeds were lucky (the winner's curse). Re-running on seeds no trial used
+gives unbiased estimates. As SMAC's intensifier races challengers against its incumbent on
+the same instances, the race runs its arms in rounds on the same fresh seeds: every round
+adds seeds to every arm still in it, a shape leaves once its interval against the leader
+says it is behind, and the race stops as soon as the best shape's verdict against sparse is
+decided (`service.tuning.verdict.decide`) or at `max_seeds`.
+
+The sparse baseline is the best trial at the sparse vertex: where a study tuned knobs (a
+learning rate, the KL coefficient) that is the best sparse point over the same knobs, so no
+shape wins by fixing a poor learning rate.
 
 Runs go through the study's executor like trials' inner runs, into folders named by the
-arm's parameters and the seed, so an interrupted re-evaluation continues where it stopped
-and a repeated one reuses finished runs. The result is kept in the study's attributes.
+arm's parameters and the seed, so an interrupted race continues where it stopped and a
+repeated one reuses finished runs. The race is kept in the study's attributes after every
+round.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,21 +33,71 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
 from service.formatting import number
-from service.tuning.contracts import InnerJob, InnerResult, TrialRecord, own_complete
+from service.tuning import verdict
+from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord
+from service.tuning.contracts import own_complete as own_completed
 from service.tuning.inner import run_inner
-from service.tuning.objective import primary
+from service.tuning.objective import CURVE_KEY, direction, is_feasible, primary
+from service.tuning.pairing import paired
 from service.tuning.read import REEVALUATION
 from service.tuning.spec import StudySpec
 from service.tuning.storage import opened_storage
-from service.tuning.study import incumbent, run_key, sparse_arm, stderr
+from service.tuning.study import run_key, stderr
 
 FRESH_SEEDS = 10_000
 """Fresh seeds start this far past the study's seed; a study runs far fewer seeds."""
 POLL_S = 1.0
+SPARSE = "sparse"
 
 
 class ReevaluationError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class RaceSize:
+    """How long a race may run: `arms` shapes against sparse, `min_seeds` fresh seeds in
+    the first round, `round_seeds` more a round, at most `max_seeds`."""
+
+    arms: int = 3
+    min_seeds: int = 3
+    round_seeds: int = 2
+    max_seeds: int = 10
+
+    def __post_init__(self) -> None:
+        if self.arms < 1:
+            raise ReevaluationError(f"arms={self.arms}: race at least one shape")
+        if self.min_seeds < 2:
+            raise ReevaluationError(
+                f"seeds={self.min_seeds}: an interval needs at least 2 seeds in the first round"
+            )
+        if self.round_seeds < 1:
+            raise ReevaluationError(f"round_seeds={self.round_seeds}: give 1 or more")
+        if self.max_seeds < self.min_seeds:
+            raise ReevaluationError(
+                f"max_seeds={self.max_seeds} is below the first round's {self.min_seeds} seeds"
+            )
+
+    @property
+    def looks(self) -> int:
+        """The rounds after which the race may stop."""
+        return 1 + math.ceil((self.max_seeds - self.min_seeds) / self.round_seeds)
+
+
+@dataclass
+class _Lane:
+    """One arm of the race: a study trial, its values on the fresh seeds so far, and each
+    run's gain over the initial policy (for the equivalence margin)."""
+
+    trial: FrozenTrial
+    label: str
+    values: list[float] = field(default_factory=list)
+    gains: list[float] = field(default_factory=list)
+    left_after: int | None = None
+
+
+RunCallback = Callable[[str, int, int], None]
+"""Told after each run: its line, the runs done so far, and those planned so far."""
 
 
 def reevaluate(
@@ -46,67 +105,174 @@ def reevaluate(
     url: str,
     home: Path,
     executor: Executor,
-    seeds: int,
+    size: RaceSize | None = None,
     trial: int | None = None,
-    on_run: Callable[[str], None] | None = None,
+    on_run: RunCallback | None = None,
 ) -> dict[str, Any]:
-    """Run trial `trial` (default: the incumbent) and the pure-sparse control on `seeds`
-    fresh seeds; keep and return the result (kept as the study attribute `REEVALUATION`)."""
-    if seeds < 2:
-        raise ReevaluationError(f"seeds={seeds}: a standard error needs at least 2 seeds")
+    """Race the study's best `size.arms` shapes (or trial `trial` alone) against its sparse
+    baseline on fresh seeds; keep the race after every round (the study attribute
+    `REEVALUATION`) and return it when it is decided or at `size.max_seeds`."""
+    size = size or RaceSize()
     with opened_storage(url) as storage:
         study = optuna.load_study(study_name=spec.name, storage=storage)
-        arms = _arms(study, spec, trial)
-        fresh = [spec.seed + FRESH_SEEDS + k for k in range(seeds)]
-        jobs = [_job(spec, url, home, t, k, seed) for t in arms for k, seed in enumerate(fresh)]
-        values = _run(executor, jobs, on_run)
-        out_arms: list[dict[str, Any]] = []
-        for t in arms:
-            runs = [values[(t.number, k)] for k in range(seeds)]
-            record = TrialRecord.from_trial(t)
-            out_arms.append(
-                {
-                    "trial": t.number,
-                    "label": record.label or "incumbent",
-                    "weights": record.weights,
-                    "knobs": record.knobs,
-                    "study_value": primary(t),
-                    "study_stderr": record.stderr,
-                    "values": runs,
-                    **_mean(runs),
-                }
-            )
-        result: dict[str, Any] = {
-            "objective": spec.objective,
-            "seeds": fresh,
-            "arms": out_arms,
-            "difference": None,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        if len(out_arms) == 2:
-            paired = [
-                a - b for a, b in zip(out_arms[0]["values"], out_arms[1]["values"], strict=True)
+        complete = own_completed(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        baseline, challengers = _arms(complete, spec, size.arms, trial)
+        sense = direction(spec.objective)
+        level = verdict.race_level(size.looks, len(challengers))
+        lanes = [_Lane(baseline, "sparse baseline")] + [
+            _Lane(t, "best shape" if k == 0 else "challenger") for k, t in enumerate(challengers)
+        ]
+        fresh = [spec.seed + FRESH_SEEDS + k for k in range(size.max_seeds)]
+        counter = _Counter(on_run)
+        n = 0
+        while True:
+            upto = size.min_seeds if n == 0 else min(n + size.round_seeds, size.max_seeds)
+            running = [lane for lane in lanes if lane.left_after is None]
+            jobs = [
+                _job(spec, url, home, lane.trial, k, fresh[k])
+                for lane in running
+                for k in range(n, upto)
             ]
-            result["difference"] = {"values": paired, **_mean(paired)}
-        study.set_user_attr(REEVALUATION, result)
-        return result
+            results = counter.run(executor, jobs)
+            for lane in running:
+                for k in range(n, upto):
+                    result = results[(lane.trial.number, k)]
+                    lane.values.append(float(result.value))
+                    lane.gains.append(_gain(spec.objective, result))
+            n = upto
+            _drop_the_beaten(lanes, sense, level, n)
+            found = _record(spec, lanes, fresh[:n], level, size, sense)
+            done = found["outcome"] != "undecided" or n >= size.max_seeds
+            found["done"] = done
+            study.set_user_attr(REEVALUATION, found)
+            if done:
+                return found
 
 
-def _arms(study: optuna.Study, spec: StudySpec, number: int | None) -> list[FrozenTrial]:
-    complete = own_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if number is None:
-        chosen = incumbent(complete, spec.objective)
-        if chosen is None:
-            raise ReevaluationError(f"study {spec.name!r} has no completed trial to re-evaluate")
-    else:
+def _arms(
+    complete: list[FrozenTrial], spec: StudySpec, arms: int, number: int | None
+) -> tuple[FrozenTrial, list[FrozenTrial]]:
+    """The sparse baseline and the shapes to race against it, best first."""
+    at_vertex = [t for t in complete if _is_sparse(t) and is_feasible(t)]
+    if not at_vertex:
+        raise ReevaluationError(
+            f"study {spec.name!r} has no completed pure-sparse trial to race against; "
+            "give the spec control_arms: true (the default) and `shapetune resume` it"
+        )
+    pick = min if direction(spec.objective) == "minimize" else max
+    baseline = pick(at_vertex, key=lambda t: primary(t) or 0.0)
+    if number is not None:
         chosen = next((t for t in complete if t.number == number), None)
         if chosen is None:
             raise ReevaluationError(
                 f"study {spec.name!r} has no completed trial {number} "
                 f"(`shapetune status {spec.name}` lists them)"
             )
-    sparse = sparse_arm(complete)
-    return [chosen] if sparse is None or sparse.number == chosen.number else [chosen, sparse]
+        if _is_sparse(chosen):
+            raise ReevaluationError(
+                f"trial {number} is pure sparse: race a shape against it, not itself"
+            )
+        return baseline, [chosen]
+    shapes = sorted(
+        (t for t in complete if not _is_sparse(t) and is_feasible(t)),
+        key=lambda t: primary(t) or 0.0,
+        reverse=direction(spec.objective) == "maximize",
+    )
+    unique = list({run_key(t.params): t for t in reversed(shapes)}.values())[::-1]
+    if not unique:
+        raise ReevaluationError(
+            f"study {spec.name!r} has no completed shape other than pure sparse to race"
+        )
+    return baseline, unique[:arms]
+
+
+def _is_sparse(t: FrozenTrial) -> bool:
+    record = TrialRecord.from_trial(t)
+    weights = record.weights or {}
+    return record.label == CONTROL_SPARSE or weights.get(SPARSE, 0.0) >= 1.0 - 1e-9
+
+
+def _gain(objective: str, result: InnerResult) -> float:
+    """What the run gained over the initial policy (the same in every run: common
+    evaluation): its objective minus the step-0 evaluation; for steps_to_target, the steps."""
+    if objective == "steps_to_target":
+        return float(result.value)
+    start = result.curve.get("0", {}).get(CURVE_KEY, math.nan)
+    return float(result.value) - start
+
+
+def _drop_the_beaten(lanes: list[_Lane], sense: str, level: float, n: int) -> None:
+    """Shapes whose interval against the leader (the best arm so far, sparse included) lies
+    wholly behind it leave the race. The sparse baseline and the best shape stay."""
+    sign = verdict.better(sense)
+    running = [lane for lane in lanes if lane.left_after is None]
+    leader = max(running, key=lambda lane: sign * statistics.fmean(lane.values))
+    shapes = sorted(running[1:], key=lambda lane: -sign * statistics.fmean(lane.values))
+    for lane in shapes[1:]:
+        if lane is leader:
+            continue
+        d = verdict.estimate(paired(lane.values, leader.values), level)
+        if d.low is None or d.high is None:
+            continue
+        if (d.high < 0) if sign > 0 else (d.low > 0):
+            lane.left_after = n
+
+
+def _record(
+    spec: StudySpec,
+    lanes: list[_Lane],
+    seeds: list[int],
+    level: float,
+    size: RaceSize,
+    sense: str,
+) -> dict[str, Any]:
+    """The race as the study keeps it: the best shape, the baseline, the other shapes."""
+    sign = verdict.better(sense)
+    baseline, shapes = lanes[0], lanes[1:]
+    running = [lane for lane in shapes if lane.left_after is None]
+    best = max(running, key=lambda lane: sign * statistics.fmean(lane.values))
+    best.label = "best shape"
+    for lane in shapes:
+        if lane is not best:
+            lane.label = "challenger"
+    margin = spec.margin.absolute or verdict.equivalence_margin(
+        spec.margin.fraction, baseline.gains
+    )
+    d = verdict.estimate(paired(best.values, baseline.values), level)
+    decision = verdict.decide(d, margin, sense, level)
+    order = [best, baseline] + [lane for lane in shapes if lane is not best]
+    return {
+        "objective": spec.objective,
+        "seeds": seeds,
+        "arms": [_arm(lane, baseline, level) for lane in order],
+        "difference": d.model_dump(),
+        "level": level,
+        "margin": margin,
+        "outcome": decision.outcome,
+        "more_seeds": decision.more_seeds,
+        "max_seeds": size.max_seeds,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _arm(lane: _Lane, baseline: _Lane, level: float) -> dict[str, Any]:
+    record = TrialRecord.from_trial(lane.trial)
+    versus = None
+    if lane is not baseline:
+        versus = verdict.estimate(paired(lane.values, baseline.values), level)
+    return {
+        "trial": lane.trial.number,
+        "label": lane.label,
+        "weights": record.weights,
+        "knobs": record.knobs,
+        "study_value": primary(lane.trial),
+        "study_stderr": record.stderr,
+        "values": lane.values,
+        "mean": statistics.fmean(lane.values),
+        "stderr": stderr(lane.values),
+        "left_after": lane.left_after,
+        "versus_sparse": None if versus is None else versus.model_dump(),
+    }
 
 
 def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: int) -> InnerJob:
@@ -132,30 +298,32 @@ def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: in
     )
 
 
-def _run(
-    executor: Executor, jobs: list[InnerJob], on_run: Callable[[str], None] | None
-) -> dict[tuple[int, int], float]:
-    queue, values = list(jobs), {}
-    while queue or executor.running():
-        while queue and executor.running() < executor.slots:
-            executor.submit(run_inner, queue.pop(0))
-        for outcome in executor.wait(POLL_S):
-            job: InnerJob = outcome.job
-            result: InnerResult | None = outcome.result
-            where = f"trial {job.trial_number}, seed {job.config['seed']}"
-            error = outcome.error or (result.error if result else "no result")
-            if error or result is None or result.stopped_early:
-                executor.shutdown()
-                why = error or "stopped early (the study was cancelled)"
-                raise ReevaluationError(
-                    f"the re-evaluation run of {where} failed: {why}; "
-                    "running the command again continues from the finished runs"
-                )
-            values[(job.trial_number, job.seed_index)] = float(result.value)
-            if on_run:
-                on_run(f"{where}: {number(result.value)}")
-    return values
+class _Counter:
+    """Runs a round's jobs on the executor, telling `on_run` the runs done and planned."""
 
+    def __init__(self, on_run: RunCallback | None) -> None:
+        self.on_run, self.done, self.planned = on_run, 0, 0
 
-def _mean(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "stderr": stderr(values)}
+    def run(self, executor: Executor, jobs: list[InnerJob]) -> dict[tuple[int, int], InnerResult]:
+        self.planned += len(jobs)
+        queue, results = list(jobs), {}
+        while queue or executor.running():
+            while queue and executor.running() < executor.slots:
+                executor.submit(run_inner, queue.pop(0))
+            for outcome in executor.wait(POLL_S):
+                job: InnerJob = outcome.job
+                result: InnerResult | None = outcome.result
+                where = f"trial {job.trial_number}, seed {job.config['seed']}"
+                error = outcome.error or (result.error if result else "no result")
+                if error or result is None or result.stopped_early:
+                    executor.shutdown()
+                    why = error or "stopped early (the study was cancelled)"
+                    raise ReevaluationError(
+                        f"the re-evaluation run of {where} failed: {why}; "
+                        "running the command again continues from the finished runs"
+                    )
+                results[(job.trial_number, job.seed_index)] = result
+                self.done += 1
+                if self.on_run:
+                    self.on_run(f"{where}: {number(result.value)}", self.done, self.planned)
+        return results

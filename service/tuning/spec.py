@@ -101,6 +101,22 @@ class Constraints(_Strict):
     )
 
 
+class Margin(_Strict):
+    fraction: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        description="A shape within this fraction of pure sparse's own gain over the initial "
+        "policy (its objective minus the initial policy's, on the fresh seeds) is equivalent "
+        "to sparse: a difference too small to act on.",
+    )
+    absolute: float | None = Field(
+        None,
+        gt=0,
+        description="The margin in the objective's own units instead of a fraction.",
+    )
+
+
 class StudySpec(_Strict):
     """One tuning study: the shaping weights (and optional PPO knobs) Optuna searches, the
     inner run that scores each proposal, and how long to search."""
@@ -187,6 +203,11 @@ class StudySpec(_Strict):
         "in brackets, each rung keeping its best third. Resources are the inner run's PPO "
         "steps: the first rung is inner.eval_interval, the largest inner.steps (so "
         "eval_interval must be below steps); a run that finished is never pruned.",
+    )
+    margin: Margin = Field(
+        default_factory=lambda: Margin(),
+        description="The equivalence margin of the re-evaluation's verdict "
+        "(`shapetune reevaluate`): within it, a shape and pure sparse are equivalent.",
     )
     max_failures: int = Field(
         3, ge=1, le=1000, description="Trials that may fail for real errors before the study stops."

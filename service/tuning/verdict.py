@@ -1,10 +1,16 @@
-"""Whether the best shape beat pure sparse, and how sure that is: the difference of two arms
-paired by seed, its 95 % confidence interval, and one sentence a user reads.
+"""Whether a shape beats pure sparse, and how sure that is: differences of two arms paired by
+seed, their confidence interval, and one of four verdicts a user acts on.
 
-Seeds are few (2 to 8), so the interval is Student's t with n - 1 degrees of freedom, not
-the normal one, which would be too narrow by a factor of up to 6 at two seeds. Pairing by
-seed is right because every arm of a study trains seed k with the same prompts and initial
-draws: the differences vary less than either arm's values.
+Seeds are few (2 to 16), so intervals are Student's t with n - 1 degrees of freedom, not the
+normal one, which would be too narrow by a factor of up to 6 at two seeds. Pairing by seed is
+right because every arm of a study trains seed k with the same prompts and initial draws and
+is evaluated with the same sampling noise (common random numbers): the differences vary less
+than either arm's values.
+
+A race looks at its data after every round and may stop at any of them, and picks its best
+shape among several: each look and each challenger is one more chance of a false verdict, so
+the race's intervals are at the level `race_level` gives (Bonferroni), which keeps the chance
+of any false "beats" or "loses" within 1 - LEVEL.
 """
 
 from __future__ import annotations
@@ -12,13 +18,22 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from scipy import stats
 
 from service.api.schemas import Arm, Estimate, Reevaluation
 from service.formatting import interval, number, weights
+from service.tuning.pairing import Pooled, paired
 
 LEVEL = 0.95
+OWN_SPREAD = 3
+"""Values from which an estimate trusts its own spread rather than a pooled one."""
+MAX_SEEDS_ESTIMATE = 1000
+"""Past this many seeds `seeds_to_decide` says only that it is more."""
+
+Outcome = Literal["beats", "loses", "equivalent", "undecided"]
 
 OBJECTIVE_WORDS = {
     "auc": "held-out reward averaged over training",
@@ -27,38 +42,111 @@ OBJECTIVE_WORDS = {
 }
 
 
-def estimate(values: Sequence[float | None]) -> Estimate:
-    """Mean, standard error and the t interval of `values` (the interval only for 2 or
-    more finite values)."""
+def estimate(
+    values: Sequence[float | None], level: float = LEVEL, pooled: Pooled | None = None
+) -> Estimate:
+    """Mean, standard error and the t interval at `level` of `values` (the interval only for
+    2 or more finite values). With `pooled` and fewer than OWN_SPREAD values, the spread is
+    the study's pooled one: sound where every trial's paired differences vary alike (seed
+    noise of PPO is much the same across the simplex), and a spread from 2 values is a
+    guess (one degree of freedom)."""
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     if len(finite) != len(values) or not finite:
         return Estimate(values=list(values), mean=None, stderr=None)
     mean = statistics.fmean(finite)
-    if len(finite) < 2:
+    n = len(finite)
+    pooled = pooled if pooled is not None and n < OWN_SPREAD else None
+    if pooled is not None:
+        se, dof = math.sqrt(pooled.variance / n), pooled.dof
+    elif n >= 2:
+        se, dof = statistics.stdev(finite) / math.sqrt(n), n - 1
+    else:
         return Estimate(values=list(values), mean=mean, stderr=None)
-    se = statistics.stdev(finite) / math.sqrt(len(finite))
-    half = float(stats.t.ppf((1 + LEVEL) / 2, len(finite) - 1)) * se
-    return Estimate(values=list(values), mean=mean, stderr=se, low=mean - half, high=mean + half)
+    half = _t(level, dof) * se
+    return Estimate(
+        values=list(values),
+        mean=mean,
+        stderr=se,
+        low=mean - half,
+        high=mean + half,
+        pooled_dof=None if pooled is None else pooled.dof,
+    )
 
 
-def gain(best: Arm, sparse: Arm) -> Estimate | None:
+def _t(level: float, dof: float) -> float:
+    return float(stats.t.ppf((1 + level) / 2, dof))
+
+
+def gain(best: Arm, sparse: Arm, pooled: Pooled | None = None) -> Estimate | None:
     """The incumbent minus pure sparse over the study's own seeds, paired by seed; None when
     they are the same trial or their seeds do not pair. Optimistic: the same seeds picked
-    the incumbent (the re-evaluation on fresh seeds is not)."""
+    the incumbent (the race on fresh seeds is not)."""
     if best.trial == sparse.trial or len(best.seed_values) != len(sparse.seed_values):
         return None
-    pairs = zip(best.seed_values, sparse.seed_values, strict=True)
-    return estimate([None if a is None or b is None else a - b for a, b in pairs])
+    return estimate(paired(best.seed_values, sparse.seed_values), pooled=pooled)
+
+
+def race_level(looks: int, challengers: int) -> float:
+    """The level of each of a race's intervals so that all of them, over `looks` rounds and
+    `challengers` shapes, hold together at LEVEL (Bonferroni)."""
+    return 1 - (1 - LEVEL) / max(1, looks * challengers)
+
+
+def better(direction: str) -> int:
+    """+1 when a higher objective is better, -1 when lower is."""
+    return -1 if direction == "minimize" else 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    more_seeds: int | None = None
+    """Undecided: about how many more seeds would decide it at the observed spread (None
+    when more than MAX_SEEDS_ESTIMATE, or nothing to estimate from)."""
+
+
+def decide(d: Estimate, margin: float, direction: str, level: float = LEVEL) -> Decision:
+    """The verdict on a paired difference `d` (shape - sparse): beats or loses when its
+    interval excludes 0, equivalent when it lies within +-margin, undecided otherwise."""
+    if d.mean is None or d.low is None or d.high is None:
+        return Decision("undecided", None)
+    if d.low > 0 or d.high < 0:  # the interval excludes no difference
+        return Decision("beats" if better(direction) * d.mean > 0 else "loses")
+    if -margin <= d.low and d.high <= margin:
+        return Decision("equivalent")
+    values = [v for v in d.values if v is not None]
+    return Decision("undecided", seeds_to_decide(values, margin, level))
+
+
+def seeds_to_decide(values: Sequence[float], margin: float, level: float) -> int | None:
+    """More seeds after `values` that, at their mean and spread, give an interval that
+    excludes 0 or lies within +-margin (the smaller)."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, sd = abs(statistics.fmean(values)), statistics.stdev(values)
+    room = max(mean, margin - mean)  # the half-width that would decide it
+    if room <= 0:
+        return None
+    for total in range(n + 1, n + MAX_SEEDS_ESTIMATE + 1):
+        if _t(level, total - 1) * sd / math.sqrt(total) < room:
+            return total - n
+    return None
+
+
+def equivalence_margin(fraction: float, sparse_gains: Sequence[float]) -> float:
+    """The margin within which a shape counts as equivalent to sparse: `fraction` of what
+    sparse itself gained over the initial policy (mean over its runs)."""
+    return fraction * abs(statistics.fmean(sparse_gains)) if sparse_gains else 0.0
 
 
 def sentence(found: Reevaluation, direction: str) -> str:
-    """What the re-evaluation says, in one sentence: the best shape beats pure sparse, pure
-    sparse beats it, or neither beyond noise (the 95 % interval of the paired difference
-    holds zero)."""
+    """What the race says, in one of four sentences: the best shape beats pure sparse, pure
+    sparse beats it, they are equivalent within the margin, or undecided (and about how many
+    more seeds would decide it)."""
     words = OBJECTIVE_WORDS.get(found.objective, found.objective)
-    best, n = found.arms[0], len(found.seeds)
-    d = found.difference
-    if d is None:
+    best, n, d = found.arms[0], len(found.seeds), found.difference
+    if d is None:  # kept by a version that did not race a shape against sparse
         return (
             f"pure sparse is the study's best arm: no shape beat it ({words} "
             f"{number(best.mean)} ± {number(best.stderr)} over {n} fresh seeds)"
@@ -66,15 +154,33 @@ def sentence(found: Reevaluation, direction: str) -> str:
     shape = f"the best shape ({weights(best.weights)})"
     if d.mean is None or d.low is None or d.high is None:
         return f"{shape} minus pure sparse: {number(d.mean, signed=True)}, too few seeds to say"
-    ci = f"95 % CI {interval(d.low, d.high)}"
-    better = d.low > 0 if direction == "maximize" else d.high < 0
-    worse = d.high < 0 if direction == "maximize" else d.low > 0
-    by = f"{number(abs(d.mean))} {words}, {ci} of the difference, over {n} fresh seeds"
-    if better:
+    ci = f"{_percent(found.level)} % CI {interval(d.low, d.high)}"
+    if found.level > LEVEL:
+        ci += f" (with the race's other looks and arms: {LEVEL:.0%} together)"
+    margin, outcome = found.margin, found.outcome
+    seeds = f"over {n} fresh seeds"
+    by = f"{number(abs(d.mean))} {words}, {ci}, {seeds}"
+    if outcome == "beats":
         return f"{shape} beats pure sparse by {by}"
-    if worse:
+    if outcome == "loses":
         return f"pure sparse beats {shape} by {by}"
-    return (
-        f"no shape beat pure sparse beyond noise: {shape} minus pure sparse is "
-        f"{number(d.mean, signed=True)} {words}, {ci}, over {n} fresh seeds"
+    within = f"±{number(margin)}" if margin is not None else "the margin"
+    if outcome == "equivalent":
+        return (
+            f"{shape} and pure sparse are equivalent within {within} {words}: the difference "
+            f"is {number(d.mean, signed=True)}, {ci}, {seeds}"
+        )
+    more = (
+        f"about {found.more_seeds} more would decide it at the observed spread"
+        if found.more_seeds
+        else f"more than {MAX_SEEDS_ESTIMATE} more would be needed at the observed spread"
     )
+    return (
+        f"undecided after {n} fresh seeds: {shape} minus pure sparse is "
+        f"{number(d.mean, signed=True)} {words}, {ci}, neither beyond 0 nor within {within}; "
+        f"{more}"
+    )
+
+
+def _percent(level: float) -> str:
+    return f"{100 * level:.4g}"

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.executor.base import Job, JobFn
 from service.executor.inline import InlineExecutor
-from service.tuning.contracts import InnerJob, InnerResult, TrialRecord
+from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord
 from service.tuning.spec import SpecError, parse_spec
 from service.tuning.study import Timing, run_study
 
@@ -37,12 +37,12 @@ SPACE = {"u0": FloatDistribution(0, 1), "u1": FloatDistribution(0, 1)}
 Spec = Callable[..., dict[str, Any]]
 
 
-def _told(u0: float, u1: float, seed_values: list[float]) -> FrozenTrial:
+def _told(u0: float, u1: float, seed_values: list[float], label: str = "") -> FrozenTrial:
     return optuna.trial.create_trial(
         value=statistics.fmean(seed_values),
         params={"u0": u0, "u1": u1},
         distributions=SPACE,
-        user_attrs=TrialRecord(seed_values=seed_values).to_user_attrs(),
+        user_attrs=TrialRecord(seed_values=seed_values, label=label).to_user_attrs(),
     )
 
 
@@ -59,6 +59,24 @@ def test_more_seeds_with_the_same_spread_are_better_known() -> None:
     assert noise[1] < noise[0]  # four seeds: the mean is better known
     assert noise[2] == pytest.approx(pooled)  # one seed: the pooled variance of one run
     assert qnei.known_noise([_told(0.1, 0.1, [2.0])]) is None  # nothing to measure it by
+
+
+def test_the_noise_is_paired_by_seed_with_the_sparse_arm() -> None:
+    # Seed 1 is a hard seed for every arm alike: common to the trials, it is no noise for
+    # comparing them. Paired with sparse, a trial's noise is half its differences' variance.
+    sparse = _told(0.0, 0.0, [1.0, 3.0, 1.0], label=CONTROL_SPARSE)
+    level = _told(0.1, 0.1, [1.5, 3.5, 1.5])  # sparse + 0.5 on every seed: no own noise
+    shaky = _told(0.2, 0.2, [1.0, 4.0, 0.0])  # differences 0, +1, -1
+    other = _told(0.3, 0.3, [2.0, 2.0])  # two seeds: does not pair with sparse's three
+    noise = qnei.known_noise([sparse, level, shaky, other])
+    assert noise is not None
+    pooled = (2 * 0.0 + 2 * (1.0 / 2)) / 4  # the halved paired variances of level and shaky
+    shrink = qnei.PRIOR_DOF / (2 + qnei.PRIOR_DOF)
+    assert noise[1] == pytest.approx(shrink * pooled / 3)
+    assert noise[2] == pytest.approx(((2 * 0.5) + qnei.PRIOR_DOF * pooled) / 4 / 3)
+    assert noise[0] == pytest.approx(pooled / 3) and noise[3] == pytest.approx(pooled / 2)
+    unpaired = qnei.known_noise([_told(0.0, 0.0, [1.0, 3.0, 1.0]), level, shaky, other])
+    assert unpaired is not None and unpaired[1] > 10 * noise[1]  # the seeds' own spread
 
 
 def _study_with(trials: list[FrozenTrial], sampler: optuna.samplers.BaseSampler) -> optuna.Study:

@@ -1,6 +1,7 @@
 """The sentence that says whether the best shape beat pure sparse: Student's t intervals over
-few seeds, the three outcomes, the direction of the objective, and the paired gain over the
-study's own seeds."""
+few seeds, the four outcomes, the seeds that would decide an undecided one, the race's wider
+intervals, pooled spreads for 2 seeds, the direction of the objective, and the paired gain
+over the study's own seeds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from scipy import stats
 
 from service.api.schemas import Arm, ReevaluatedArm, Reevaluation
-from service.tuning.verdict import estimate, gain, sentence
+from service.tuning.pairing import pool
+from service.tuning.verdict import decide, estimate, gain, race_level, seeds_to_decide, sentence
 
 
 def test_the_interval_is_students_t_over_the_seeds() -> None:
@@ -36,12 +38,18 @@ def test_no_interval_from_one_seed_or_a_missing_one(
     assert (found.mean, found.stderr, found.low, found.high) == (mean, stderr, None, None)
 
 
-def _reevaluation(difference: list[float] | None, objective: str = "auc") -> Reevaluation:
+def _reevaluation(
+    difference: list[float] | None,
+    objective: str = "auc",
+    direction: str = "maximize",
+    margin: float = 0.1,
+    level: float = 0.95,
+) -> Reevaluation:
     shaped = {"sparse": 0.2, "red": 0.8}
     arms = [
         ReevaluatedArm(
             trial=4,
-            label="incumbent" if difference else "pure sparse",
+            label="best shape" if difference else "pure sparse",
             weights=shaped if difference else {"sparse": 1.0},
             knobs={},
             study_value=0.5,
@@ -51,12 +59,18 @@ def _reevaluation(difference: list[float] | None, objective: str = "auc") -> Ree
             stderr=0.05,
         )
     ]
+    d = None if difference is None else estimate(difference, level)
+    decision = decide(d, margin, direction, level) if d is not None else None
     return Reevaluation(
         objective=objective,
         seeds=[10000 + k for k in range(len(difference or [0, 0]))],
         arms=arms,
-        difference=None if difference is None else estimate(difference),
+        difference=d,
         finished_at=datetime.now(UTC),
+        level=level,
+        margin=margin,
+        outcome=decision.outcome if decision else "",
+        more_seeds=decision.more_seeds if decision else None,
     )
 
 
@@ -68,45 +82,83 @@ def _reevaluation(difference: list[float] | None, objective: str = "auc") -> Ree
             "auc",
             "maximize",
             "the best shape (sparse=0.20, red=0.80) beats pure sparse by 0.3025 held-out "
-            "reward averaged over training, 95 % CI [+0.2753, +0.3297] of the difference, "
-            "over 4 fresh seeds",
+            "reward averaged over training, 95 % CI [+0.2753, +0.3297], over 4 fresh seeds",
         ),
         (
             [-0.30, -0.32, -0.28, -0.31],
             "final",
             "maximize",
             "pure sparse beats the best shape (sparse=0.20, red=0.80) by 0.3025 final "
-            "held-out reward, 95 % CI [-0.3297, -0.2753] of the difference, over 4 fresh seeds",
+            "held-out reward, 95 % CI [-0.3297, -0.2753], over 4 fresh seeds",
+        ),
+        (
+            [0.01, -0.02, 0.015, -0.01],
+            "auc",
+            "maximize",
+            "the best shape (sparse=0.20, red=0.80) and pure sparse are equivalent within "
+            "±0.1000 held-out reward averaged over training: the difference is -0.0013, "
+            "95 % CI [-0.0275, +0.0250], over 4 fresh seeds",
         ),
         (
             [0.3, -0.1, 0.2, -0.2],
             "auc",
             "maximize",
-            "no shape beat pure sparse beyond noise: the best shape (sparse=0.20, red=0.80) "
-            "minus pure sparse is +0.0500 held-out reward averaged over training, 95 % CI "
-            "[-0.3288, +0.4288], over 4 fresh seeds",
+            "undecided after 4 fresh seeds: the best shape (sparse=0.20, red=0.80) minus pure "
+            "sparse is +0.0500 held-out reward averaged over training, 95 % CI [-0.3288, "
+            "+0.4288], neither beyond 0 nor within ±0.1000; about 86 more would decide it at "
+            "the observed spread",
         ),
         (  # fewer steps to the target is better
             [-3.0, -5.0, -4.0],
             "steps_to_target",
             "minimize",
             "the best shape (sparse=0.20, red=0.80) beats pure sparse by 4.0000 PPO steps to "
-            "the target reward, 95 % CI [-6.4841, -1.5159] of the difference, over 3 fresh seeds",
+            "the target reward, 95 % CI [-6.4841, -1.5159], over 3 fresh seeds",
         ),
     ],
 )
-def test_the_sentence_says_who_won_and_how_sure(
+def test_one_of_four_sentences_says_who_won_and_how_sure(
     difference: list[float], objective: str, direction: str, expected: str
 ) -> None:
-    assert sentence(_reevaluation(difference, objective), direction) == expected
+    assert sentence(_reevaluation(difference, objective, direction), direction) == expected
 
 
-def test_when_pure_sparse_is_the_incumbent_no_shape_beat_it() -> None:
+def test_more_seeds_at_the_same_spread_decide_it() -> None:
+    values = [0.3, -0.1, 0.2, -0.2]
+    more = seeds_to_decide(values, 0.1, 0.95)
+    assert more is not None
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+
+    def half(n: int) -> float:
+        return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+    room = max(abs(mean), 0.1 - abs(mean))
+    assert half(4 + more) < room <= half(4 + more - 1)
+
+
+def test_a_race_with_more_looks_and_arms_has_wider_intervals() -> None:
+    assert race_level(1, 1) == pytest.approx(0.95)
+    assert race_level(4, 3) == pytest.approx(1 - 0.05 / 12)
+    said = sentence(_reevaluation([0.30, 0.32, 0.28, 0.31], level=race_level(4, 1)), "maximize")
+    assert "98.75 % CI" in said and "95% together" in said
+
+
+def test_a_record_kept_before_races_reads_without_margin() -> None:
     said = sentence(_reevaluation(None), "maximize")
     assert said == (
         "pure sparse is the study's best arm: no shape beat it (held-out reward averaged "
         "over training 0.5500 ± 0.0500 over 2 fresh seeds)"
     )
+
+
+def test_two_seeds_borrow_the_pooled_spread() -> None:
+    pooled = pool([[0.1, 0.3, 0.2], [0.0, 0.4]])
+    assert pooled is not None and pooled.dof == 3
+    found = estimate([0.2, 0.3], pooled=pooled)
+    assert found.pooled_dof == 3
+    assert found.stderr == pytest.approx(math.sqrt(pooled.variance / 2))
+    own = estimate([0.2, 0.3, 0.1], pooled=pooled)  # three seeds: their own spread
+    assert own.pooled_dof is None and own.stderr == pytest.approx(0.1 / math.sqrt(3))
 
 
 def _arm(trial: int, seed_values: list[float | None]) -> Arm:
