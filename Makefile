@@ -22,14 +22,15 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 setup: $(BIN)/.installed
 
 # The main job: build the built-in task (cached under SHAPETUNE_HOME), then a tuning study
-# on it (embedded SQLite, local Ray), then the best shape and pure sparse re-run on fresh
-# seeds, ending with whether the best shape beats sparse beyond noise. Run again, it
-# continues (or just reports) the same study and reuses the finished re-evaluation runs.
-DEMO_SEEDS ?= 3
+# on it (embedded SQLite, local Ray), then its best shapes raced against pure sparse on
+# fresh seeds, ending with the verdict: beats, loses, equivalent, or undecided. Run again,
+# it continues (or just reports) the same study and reuses the finished race runs.
+DEMO_ARMS ?= 2
+DEMO_MAX_SEEDS ?= 10
 demo: setup
 	$(BIN)/shapetune prepare
 	$(BIN)/shapetune run examples/demo.yaml
-	$(BIN)/shapetune reevaluate demo --seeds $(DEMO_SEEDS)
+	$(BIN)/shapetune reevaluate demo --arms $(DEMO_ARMS) --seeds 3 --max-seeds $(DEMO_MAX_SEEDS)
 
 lint: setup
 	$(BIN)/ruff check shaping trainers service tests bench
