@@ -25,7 +25,7 @@ setup: $(BIN)/.installed
 # on it (embedded SQLite, local Ray), then its best shapes raced against pure sparse on
 # fresh seeds, ending with the verdict: beats, loses, equivalent, or undecided. Run again,
 # it continues (or just reports) the same study and reuses the finished race runs.
-DEMO_ARMS ?= 2
+DEMO_ARMS ?= 1
 DEMO_MAX_SEEDS ?= 10
 demo: setup
 	$(BIN)/shapetune prepare

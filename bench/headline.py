@@ -20,6 +20,7 @@ Writes docs/results.md (the table, the machine, the versions, the time), docs/re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -35,7 +36,8 @@ from typing import Any
 import yaml
 from methods_bench import _series, one_run, plot, summarize
 
-from service.tuning.verdict import estimate
+from service.tuning.verdict import OBJECTIVE_WORDS, decide, equivalence_margin, estimate
+from trainers.signals import area_under_curve
 
 RM = {"critic_init": "reward_model"}
 # The network is trusted once its error on fresh labels is within 8x the teacher's own
@@ -151,6 +153,63 @@ def table_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
+MARGIN_FRACTION = 0.2
+"""As a study's default `margin`: within a fifth of fair sparse's own gain over the initial
+policy, an arm is equivalent to it."""
+
+
+def auc(run: dict[str, Any]) -> float:
+    return area_under_curve(run["curves"], "eval/rm_mean")  # the studies' own objective
+
+
+def paired_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each arm minus fair sparse, paired by seed (every arm trains the same seeds), on the
+    AUC and the final held-out reward: mean, 95 % t interval, and the verdict with the
+    margin; for an undecided one, about how many more seeds would decide it."""
+    fair = {r["seed"]: r for r in runs if r["arm"] == FAIR}
+    out: dict[str, dict[str, Any]] = {}
+    for name, measure in (("auc", auc), ("final", lambda r: _series(r, "eval/rm_mean")[1][-1])):
+        start = [_series(r, "eval/rm_mean")[1][0] for r in fair.values()]
+        gains = [measure(r) - s for r, s in zip(fair.values(), start, strict=True)]
+        margin = equivalence_margin(MARGIN_FRACTION, gains)
+        for arm in dict.fromkeys(r["arm"] for r in runs):
+            if arm == FAIR:
+                continue
+            mine = [r for r in runs if r["arm"] == arm and r["seed"] in fair]
+            d = estimate([measure(r) - measure(fair[r["seed"]]) for r in mine])
+            decision = decide(d, margin, "maximize")
+            out.setdefault(arm, {})[name] = {
+                "mean": d.mean,
+                "low": d.low,
+                "high": d.high,
+                "seeds": len(mine),
+                "margin": margin,
+                "verdict": decision.outcome,
+                "more_seeds": decision.more_seeds,
+            }
+    return out
+
+
+def paired_table(paired: dict[str, dict[str, Any]]) -> str:
+    head = (
+        f"| arm | AUC minus {FAIR} (95 % CI) | verdict (margin) | final minus {FAIR} "
+        "(95 % CI) | verdict (margin) |\n|---|---|---|---|---|\n"
+    )
+    rows = []
+    for arm, by in paired.items():
+        cells = []
+        for name in ("auc", "final"):
+            m = by[name]
+            said = m["verdict"]
+            if said == "undecided":
+                said += f", ~{m['more_seeds']} more seeds" if m["more_seeds"] else ", >1000 seeds"
+            cells.append(
+                f"{m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}] | {said} (±{m['margin']:.3f})"
+            )
+        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
 def markdown_table(table: dict[str, dict[str, float]]) -> str:
     head = (
         "| arm | held-out RM final (95 % CI) | AUC | steps to fair sparse final "
@@ -209,7 +268,27 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("SHAPETUNE_HOME", "~/.shapetune"))
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--json", type=Path, default=Path("bench/results/headline.json"))
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("SHAPETUNE_HOME", "~/.shapetune")) / "bench" / "headline",
+        help="Finished runs, kept so that a stopped sitting resumes.",
+    )
+    parser.add_argument(
+        "--page-only",
+        action="store_true",
+        help="Write the page again from --json (its runs), without training.",
+    )
     a = parser.parse_args()
+    if a.page_only:
+        result = json.loads(a.json.read_text())
+        for run in result["runs"]:
+            run["curves"] = {int(s): m for s, m in run["curves"].items()}
+        result["paired"] = paired_rows(result["runs"])
+        a.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        a.out.write_text(page(result, _sizes(a, result)))
+        print(paired_table(result["paired"]))
+        return
     started = time.perf_counter()
     settings: dict[str, Any] = {
         "steps": a.steps,
@@ -226,9 +305,7 @@ def main() -> None:
         arms[TUNED] = {"weights": study["weights"], "options": study["options"], "ppo": RM}
     settings["arms"] = arms
     seeds = range(a.first_seed, a.first_seed + a.seeds)
-    jobs = [(arm, seed, settings) for arm in arms for seed in seeds]
-    with ProcessPoolExecutor(a.processes) as pool:
-        runs = list(pool.map(one_run, *zip(*jobs, strict=True)))
+    runs = run_or_resume(arms, seeds, settings, a)
     table = table_rows(runs)
     seconds = time.perf_counter() - started
     result = {
@@ -240,6 +317,7 @@ def main() -> None:
         "study": study,
         "wall_seconds": round(seconds, 1),
         "table": table,
+        "paired": paired_rows(runs),
         "runs": runs,
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +325,53 @@ def main() -> None:
     plot(runs, a.out.with_suffix(".png"), log_seconds=True)
     a.out.write_text(page(result, a))
     print(markdown_table(table))
+
+
+def _sizes(a: argparse.Namespace, result: dict[str, Any]) -> argparse.Namespace:
+    """The arguments a page describes, as the runs in `result` were made."""
+    settings, seeds = result["settings"], sorted({r["seed"] for r in result["runs"]})
+    return argparse.Namespace(
+        **{
+            **vars(a),
+            "steps": settings["steps"],
+            "eval_interval": settings["eval_interval"],
+            "eval_prompts": settings["eval_prompts"],
+            "batch": settings["ppo"]["rollout_batch"],
+            "coalition_dtype": settings.get("shaping", {}).get("coalition_dtype", "float32"),
+            "first_seed": seeds[0],
+            "seeds": len(seeds),
+        }
+    )
+
+
+def run_or_resume(
+    arms: dict[str, Any], seeds: range, settings: dict[str, Any], a: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Every (arm, seed) run, each kept as JSON under --cache as it finishes, in a folder
+    named by the settings: a sitting that stopped is resumed by running the same command
+    again, and nothing finished is redone."""
+    key = json.dumps({k: v for k, v in settings.items() if k != "home"}, sort_keys=True)
+    folder = a.cache.expanduser() / hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def path(arm: str, seed: int) -> Path:
+        return folder / f"{hashlib.sha256(arm.encode()).hexdigest()[:8]}-{seed}.json"
+
+    todo = [(arm, seed) for arm in arms for seed in seeds if not path(arm, seed).is_file()]
+    print(f"{len(todo)} of {len(arms) * len(seeds)} runs to do; kept in {folder}")
+    with ProcessPoolExecutor(a.processes) as pool:
+        pending = [(arm, seed, pool.submit(one_run, arm, seed, settings)) for arm, seed in todo]
+        for arm, seed, future in pending:
+            done = path(arm, seed)
+            done.with_suffix(".tmp").write_text(json.dumps(future.result(), default=float))
+            done.with_suffix(".tmp").replace(done)  # whole or not at all
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            run = json.loads(path(arm, seed).read_text())
+            run["curves"] = {int(s): m for s, m in run["curves"].items()}
+            runs.append(run)
+    return runs
 
 
 def page(result: dict[str, Any], a: argparse.Namespace) -> str:
@@ -279,6 +404,12 @@ def page(result: dict[str, Any], a: argparse.Namespace) -> str:
         '"RM at fair sparse KL" its reward interpolated at that run\'s final KL. '
         f"{tuned}\n\n"
         + markdown_table(result["table"])
+        + "\nEach arm against the fair baseline, paired by seed (every arm trains the same "
+        "seeds, so what a seed does to every arm alike cancels), with the verdict at 95 %: "
+        "beats, loses, equivalent within the margin (a fifth of fair sparse's own gain over "
+        f"the initial policy on {OBJECTIVE_WORDS['auc']} or the final reward), or "
+        "undecided, with about how many more seeds would decide it at the observed spread.\n\n"
+        + paired_table(result["paired"])
         + "\n![held-out reward curves](results.png)\n\n"
         f"{marker}{kept}"
     )

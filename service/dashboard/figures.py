@@ -51,7 +51,9 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
         # Plotly's toolbar sits in the top right corner, over a long title: upright at the
         # right edge it covers neither the title nor the plot.
         "modebar": {"orientation": "v"},
-        "margin": {"l": 60, "r": 40, "t": 40, "b": 50},
+        # The legend goes under the plot, left: at the top right the toolbar covered it.
+        "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.22, "yanchor": "top"},
+        "margin": {"l": 60, "r": 40, "t": 40, "b": 80},
         "height": 360,
         "hovermode": "closest",
         **extra,
@@ -192,10 +194,10 @@ def params(detail: dict[str, Any]) -> Figure | None:
     (the weights, not the sampler's stick-breaking coordinates, which mean nothing to a
     reader)."""
     done = _complete(detail)
-    if not done:
-        return None
     spec = detail["spec"]
     knobs = spec.get("knobs", {})
+    if not done or not knobs:  # weights alone: `weights` draws them already
+        return None
     axes = [
         Axis(m, [(t["weights"] or {}).get(m) for t in done], (0.0, 1.0)) for m in spec["methods"]
     ]

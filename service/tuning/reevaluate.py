@@ -6,7 +6,9 @@ gives unbiased estimates. As SMAC's intensifier races challengers against its in
 the same instances, the race runs its arms in rounds on the same fresh seeds: every round
 adds seeds to every arm still in it, a shape leaves once its interval against the leader
 says it is behind, and the race stops as soon as the best shape's verdict against sparse is
-decided (`service.tuning.verdict.decide`) or at `max_seeds`.
+decided (`service.tuning.verdict.decide`) or at `max_seeds`. Its intervals are wider at the
+looks before the last (`service.tuning.verdict.race_level`), so that stopping early, and
+picking the best of several shapes, keeps the race's chance of a false verdict within 5 %.
 
 The sparse baseline is the best trial at the sparse vertex: where a study tuned knobs (a
 learning rate, the KL coefficient) that is the best sparse point over the same knobs, so no
@@ -118,15 +120,16 @@ def reevaluate(
         complete = own_completed(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         baseline, challengers = _arms(complete, spec, size.arms, trial)
         sense = direction(spec.objective)
-        level = verdict.race_level(size.looks, len(challengers))
         lanes = [_Lane(baseline, "sparse baseline")] + [
             _Lane(t, "best shape" if k == 0 else "challenger") for k, t in enumerate(challengers)
         ]
         fresh = [spec.seed + FRESH_SEEDS + k for k in range(size.max_seeds)]
         counter = _Counter(on_run)
-        n = 0
+        n, look = 0, 0
         while True:
             upto = size.min_seeds if n == 0 else min(n + size.round_seeds, size.max_seeds)
+            look += 1
+            level = verdict.race_level(look, size.looks, len(challengers))
             running = [lane for lane in lanes if lane.left_after is None]
             jobs = [
                 _job(spec, url, home, lane.trial, k, fresh[k])
@@ -140,9 +143,11 @@ def reevaluate(
                     lane.values.append(float(result.value))
                     lane.gains.append(_gain(spec.objective, result))
             n = upto
-            _drop_the_beaten(lanes, sense, level, n)
+            last = n >= size.max_seeds
+            if not last:  # leaving matters only to the rounds still to come
+                _drop_the_beaten(lanes, sense, level, n)
             found = _record(spec, lanes, fresh[:n], level, size, sense)
-            done = found["outcome"] != "undecided" or n >= size.max_seeds
+            done = found["outcome"] != "undecided" or last
             found["done"] = done
             study.set_user_attr(REEVALUATION, found)
             if done:

@@ -9,8 +9,9 @@ than either arm's values.
 
 A race looks at its data after every round and may stop at any of them, and picks its best
 shape among several: each look and each challenger is one more chance of a false verdict, so
-the race's intervals are at the level `race_level` gives (Bonferroni), which keeps the chance
-of any false "beats" or "loses" within 1 - LEVEL.
+the race's intervals are at the levels `race_level` gives (Haybittle-Peto over the looks,
+Bonferroni over the shapes), which keep the chance of any false "beats" or "loses" within
+1 - LEVEL.
 """
 
 from __future__ import annotations
@@ -86,10 +87,21 @@ def gain(best: Arm, sparse: Arm, pooled: Pooled | None = None) -> Estimate | Non
     return estimate(paired(best.seed_values, sparse.seed_values), pooled=pooled)
 
 
-def race_level(looks: int, challengers: int) -> float:
-    """The level of each of a race's intervals so that all of them, over `looks` rounds and
-    `challengers` shapes, hold together at LEVEL (Bonferroni)."""
-    return 1 - (1 - LEVEL) / max(1, looks * challengers)
+INTERIM_ALPHA = 0.001
+"""The chance of a false verdict a race spends at each look before its last
+(Haybittle-Peto): an early stop needs overwhelming evidence, and the last look keeps almost
+all of 1 - LEVEL, so a race that runs to its seed cap is nearly as sharp as one fixed test."""
+
+
+def race_level(look: int, looks: int, challengers: int) -> float:
+    """The level of the race's intervals at look `look` (1-based) of `looks`, so that all of
+    its verdicts, over every look and all `challengers` shapes, hold together at LEVEL:
+    INTERIM_ALPHA at each look before the last, the rest at the last, each split evenly
+    among the challengers (Bonferroni)."""
+    alpha = 1 - LEVEL
+    interim = min(INTERIM_ALPHA, alpha / (2 * looks))  # the last look keeps at least half
+    spent = interim if look < looks else alpha - interim * (looks - 1)
+    return 1 - spent / max(1, challengers)
 
 
 def better(direction: str) -> int:

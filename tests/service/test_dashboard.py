@@ -54,6 +54,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]:
             "name": "dash-demo",
             "task": {"name": "synthetic"},
             "methods": ["sparse", "red", "uniform"],
+            "knobs": {"kl_coef": {"low": 0.01, "high": 0.1}},
             "inner": {
                 "steps": 4,
                 "eval_interval": 2,
@@ -124,8 +125,15 @@ def test_the_study_plots_read_for_a_user(finished: tuple[Settings, str]) -> None
         "sparse",
         "red",
         "uniform",
+        "kl_coef",
         "objective",
     ]
+    # Without knobs the parallel axes would repeat the weights plot: one picture is shown.
+    no_knobs = {**detail, "spec": {**detail["spec"], "knobs": {}}}
+    assert figures.params(no_knobs) is None and figures.weights(no_knobs) is not None
+    # Legends sit under the plots, where the upright toolbar at the right edge is not.
+    assert all(f["layout"]["legend"]["y"] < 0 for f in drawn.values() if "legend" in f["layout"])
+    assert drawn["history"]["layout"]["legend"]["xanchor"] == "left"
     bars = drawn["comparison"]["data"][0]
     assert "text" not in bars and len(bars["hovertext"]) == len(bars["x"])
     assert all(f["layout"]["modebar"] == {"orientation": "v"} for f in drawn.values())

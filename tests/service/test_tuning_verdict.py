@@ -136,11 +136,16 @@ def test_more_seeds_at_the_same_spread_decide_it() -> None:
     assert half(4 + more) < room <= half(4 + more - 1)
 
 
-def test_a_race_with_more_looks_and_arms_has_wider_intervals() -> None:
-    assert race_level(1, 1) == pytest.approx(0.95)
-    assert race_level(4, 3) == pytest.approx(1 - 0.05 / 12)
-    said = sentence(_reevaluation([0.30, 0.32, 0.28, 0.31], level=race_level(4, 1)), "maximize")
-    assert "98.75 % CI" in said and "95% together" in said
+def test_a_race_spends_its_five_percent_over_looks_and_shapes() -> None:
+    assert race_level(1, 1, 1) == pytest.approx(0.95)  # one look, one shape: a plain test
+    # Before the last look an early stop needs overwhelming evidence; the last keeps the rest.
+    assert race_level(1, 4, 1) == pytest.approx(0.999)
+    assert race_level(4, 4, 1) == pytest.approx(1 - (0.05 - 3 * 0.001))
+    assert race_level(4, 4, 2) == pytest.approx(1 - (0.05 - 3 * 0.001) / 2)  # two shapes
+    total = sum(1 - race_level(k, 60, 1) for k in range(1, 61))  # many looks: still 5 %
+    assert total == pytest.approx(0.05) and race_level(60, 60, 1) <= 0.975
+    said = sentence(_reevaluation([0.30, 0.32, 0.28, 0.31], level=race_level(4, 4, 1)), "maximize")
+    assert "95.3 % CI" in said and "95% together" in said
 
 
 def test_a_record_kept_before_races_reads_without_margin() -> None:
