@@ -225,12 +225,17 @@ def print_study(study: StudyPublic, trials: TrialsPublic) -> None:
             _state(t),
         )
     console.print(table)
-    pooled = [t.versus_sparse.pooled_dof for t in trials.data if t.versus_sparse]
-    if any(pooled):
+    if any(len(t.seed_values) == 2 for t in trials.data):
+        pooled = [t.versus_sparse.pooled_dof or 0 for t in trials.data if t.versus_sparse]
+        borrowed = (
+            f"; * the interval borrows the spread of the study's paired differences "
+            f"({max(pooled)} degrees of freedom)"
+            if any(pooled)
+            else ""
+        )
         console.print(
-            f"* fewer than 3 seeds: the interval borrows the spread of the study's paired "
-            f"differences ({max(d or 0 for d in pooled)} degrees of freedom); a spread of 2 "
-            "seeds alone means little"
+            "2 seeds a trial: a standard error from 2 values is a guess (one degree of "
+            f"freedom){borrowed}"
         )
     if study.message:
         console.print(study.message)

@@ -68,6 +68,9 @@ class InnerJob:
     gpus: float = 0.0
     """GPUs the executor reserves for the run (the spec's resources.gpus): the run must
     then find CUDA, on the device Ray gave it."""
+    prunable: bool = True
+    """False for a control arm: judged with the others, so that proposals are measured
+    against it, but never stopped (every proposal is compared with the baselines)."""
 
 
 @dataclass(frozen=True)

@@ -248,7 +248,7 @@ def _progress_report(
         evals[str(step)] = float(metrics[CURVE_KEY])
         try:
             storage.set_trial_user_attr(trial_id, key, evals)
-            if judge(study, storage, trial_id, job.seeds, config):
+            if judge(study, storage, trial_id, job.seeds, config, job.prunable):
                 pruned.set()
         except Exception as e:  # a database hiccup must not kill the run: the next evaluation
             log.warning("progress of trial %s not recorded: %s", trial_id, e)

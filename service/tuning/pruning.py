@@ -76,10 +76,12 @@ def judge(
     trial_id: int,
     seeds: int,
     config: PrunerConfig,
+    prunable: bool = True,
 ) -> bool:
     """Report the trial's mean over its seeds at every step they have all reached and it
     has not reported yet, asking the pruner after each; True once the trial is pruned (by
-    this call, or earlier by any seed's)."""
+    this call, or earlier by any seed's). A trial that is not `prunable` (a control arm) is
+    asked too, so that it stands in Hyperband's rungs as a competitor, but never stopped."""
     trial = storage.get_trial(trial_id)
     if TrialRecord.from_trial(trial).pruned_at is not None:
         return True
@@ -87,7 +89,7 @@ def judge(
         storage.set_trial_intermediate_value(trial_id, step, mean)
         if step >= config.max_resource:  # finished: pruning it would waste a whole run
             continue
-        if study.pruner.prune(study, storage.get_trial(trial_id)):
+        if study.pruner.prune(study, storage.get_trial(trial_id)) and prunable:
             write_stored(storage, trial_id, TrialRecord(pruned_at=step))
             return True
     return False

@@ -226,7 +226,7 @@ class _Loop:
         runs = run_key(trial.params)
         # Control arms run to the end: every proposal is compared with them, so a pruned
         # baseline would leave the study without its yardstick. Pruning is for proposals.
-        control = bool(TrialRecord.from_attrs(trial.user_attrs).label)
+        prunable = not TrialRecord.from_attrs(trial.user_attrs).label
         for k in range(self.spec.seeds):
             config = self.spec.train_config(weights, knobs, seed=self.spec.seed + k)
             self.queue.append(
@@ -246,8 +246,9 @@ class _Loop:
                     heartbeat_s=self.timing.heartbeat,
                     objective=self.spec.objective,
                     target=self.spec.target,
-                    pruner=None if control else self.pruner,
+                    pruner=self.pruner,
                     seeds=self.spec.seeds,
+                    prunable=prunable,
                     credit=k == 0,  # the trial keeps the first seed's samples
                     gpus=self.spec.resources.gpus,
                 )

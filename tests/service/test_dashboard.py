@@ -138,6 +138,18 @@ def test_the_study_plots_read_for_a_user(finished: tuple[Settings, str]) -> None
     assert "text" not in bars and len(bars["hovertext"]) == len(bars["x"])
     assert all(f["layout"]["modebar"] == {"orientation": "v"} for f in drawn.values())
 
+    # Every trial's paired difference from sparse; 2 seeds borrow the study's pooled spread.
+    rows = {t.number: t for t in read.trials(url, name).data}
+    sparse_values = rows[0].seed_values
+    for number in (1, 2, 3):
+        versus = rows[number].versus_sparse
+        assert versus is not None and versus.pooled_dof == 3  # 3 trials x (2 - 1) seeds
+        diffs = [a - b for a, b in zip(rows[number].seed_values, sparse_values, strict=True)]
+        assert versus.mean == pytest.approx(sum(diffs) / 2) and versus.low is not None
+    assert rows[0].versus_sparse is None
+    page = TestClient(_app(settings)).get(f"/studies/{name}").text
+    assert "minus sparse, paired (95 % CI)" in page and "borrows the spread" in page
+
     study = read.study(url, name)
     assert study.best and study.sparse and study.best.trial != study.sparse.trial
     assert study.gain is not None and study.gain.low is not None and study.gain.high is not None

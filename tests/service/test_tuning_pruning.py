@@ -21,8 +21,8 @@ from service.executor import InlineExecutor
 from service.executor.base import Job, JobFn, Outcome
 from service.store import studies as store
 from service.tuning import inner
-from service.tuning.contracts import TrialRecord
-from service.tuning.pruning import make_pruner, pruner_config
+from service.tuning.contracts import PrunerConfig, TrialRecord
+from service.tuning.pruning import judge, make_pruner, pruner_config
 from service.tuning.spec import StudySpec, parse_spec
 from service.tuning.study import Progress, Timing, run_study
 
@@ -76,11 +76,13 @@ def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budg
     final = run_study(spec, storage_url, tmp_path, Recording(), timing=FAST)
 
     found = _trials(storage_url, spec.name)
-    # The control arms are never judged (the yardstick runs whole); every proposal is.
+    # The control arms are never stopped (the yardstick runs whole); every proposal may be.
     controls = {t.number for t in found if TrialRecord.from_trial(t).label}
     assert len(controls) == len(spec.methods)
-    assert all((job.pruner is None) == (job.trial_number in controls) for job in jobs)
+    assert all(job.prunable == (job.trial_number not in controls) for job in jobs)
+    assert all(job.pruner is not None for job in jobs)  # reported and ranked all the same
     assert not any(t.state == TrialState.PRUNED for t in found if t.number in controls)
+    assert all(t.intermediate_values for t in found if t.number in controls)
     counted = Counter(t.state for t in found)
     assert counted[TrialState.COMPLETE] == spec.budget == final.done  # pruned ones not counted
     pruned = [t for t in found if t.state == TrialState.PRUNED]
@@ -341,3 +343,21 @@ def test_a_pruned_trial_stops_its_seeds_running_beside_it(
     for record in pruned:
         assert record.pruned_at is not None
         assert max(record.steps) <= record.pruned_at + 1 < STEPS, record.steps
+
+
+def test_a_control_arm_is_judged_with_the_others_but_never_stopped(tmp_path: Path) -> None:
+    config = PrunerConfig("median", min_resource=1, max_resource=10)
+    url = f"sqlite:///{tmp_path / 'judged.db'}"
+    study = optuna.create_study(
+        study_name="judged", storage=url, pruner=make_pruner(config), direction="maximize"
+    )
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0):
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={1: value}))
+    storage = study._storage
+    verdicts = []
+    for prunable in (False, True):
+        trial = study.ask()  # far behind the median at step 1
+        storage.set_trial_user_attr(trial._trial_id, TrialRecord.progress_key(0), {"1": -5.0})
+        verdicts.append(judge(study, storage, trial._trial_id, 1, config, prunable))
+        assert storage.get_trial(trial._trial_id).intermediate_values == {1: -5.0}
+    assert verdicts == [False, True]  # the control arm reported, ranked, and ran on
