@@ -86,7 +86,7 @@ def races(runs: list[dict[str, Any]], pool: int, count: int, effect: bool) -> li
     from service.executor.base import Executor, Job, JobFn, Outcome
     from service.tuning.contracts import InnerResult, TrialRecord
     from service.tuning.objective import CURVE_KEY
-    from service.tuning.reevaluate import FRESH_SEEDS, RaceSize, reevaluate
+    from service.tuning.reevaluate import RaceSize, fresh_seed, reevaluate
     from service.tuning.spec import parse_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -102,7 +102,7 @@ def races(runs: list[dict[str, Any]], pool: int, count: int, effect: bool) -> li
             self.order, self.done, self.runs = order, [], 0
 
         def submit(self, fn: JobFn, job: Job) -> None:
-            k = int(self.order[job.config["seed"] - FRESH_SEEDS])
+            k = int(self.order[job.config["seed"] - fresh_seed(spec.seed, 0)])
             arm, offset = ("sparse", 0) if job.trial_number == 0 else challenger
             run = by[(arm, offset + k)]
             curve = {"0": {CURVE_KEY: run["start"]}}

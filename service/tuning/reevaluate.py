@@ -47,7 +47,10 @@ from service.tuning.storage import opened_storage
 from service.tuning.study import run_key, stderr
 
 FRESH_SEEDS = 10_000
-"""Fresh seeds start this far past the study's seed; a study runs far fewer seeds."""
+"""Fresh seeds start here (a study's own seeds are its seed and the few after it)..."""
+FRESH_STRIDE = 1_000
+"""...plus this many for each unit of the study's seed, so that studies of other seeds race
+on seeds of their own: their verdicts are independent evidence."""
 POLL_S = 1.0
 SPARSE = "sparse"
 
@@ -79,6 +82,9 @@ class RaceSize:
             raise ReevaluationError(
                 f"max_seeds={self.max_seeds} is below the first round's {self.min_seeds} seeds"
             )
+
+        if self.max_seeds > FRESH_STRIDE:
+            raise ReevaluationError(f"max_seeds={self.max_seeds}: at most {FRESH_STRIDE}")
 
     @property
     def looks(self) -> int:
@@ -123,7 +129,7 @@ def reevaluate(
         lanes = [_Lane(baseline, "sparse baseline")] + [
             _Lane(t, "best shape" if k == 0 else "challenger") for k, t in enumerate(challengers)
         ]
-        fresh = [spec.seed + FRESH_SEEDS + k for k in range(size.max_seeds)]
+        fresh = [fresh_seed(spec.seed, k) for k in range(size.max_seeds)]
         counter = _Counter(on_run)
         n, look = 0, 0
         while True:
@@ -152,6 +158,11 @@ def reevaluate(
             study.set_user_attr(REEVALUATION, found)
             if done:
                 return found
+
+
+def fresh_seed(study_seed: int, k: int) -> int:
+    """The race's k-th fresh seed for a study of seed `study_seed`."""
+    return FRESH_SEEDS + FRESH_STRIDE * study_seed + k
 
 
 def _arms(

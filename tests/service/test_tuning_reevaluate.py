@@ -32,7 +32,7 @@ from service.tuning import read
 from service.tuning.contracts import InnerResult, TrialRecord
 from service.tuning.objective import CURVE_KEY, objective_value
 from service.tuning.read import reevaluation
-from service.tuning.reevaluate import FRESH_SEEDS, RaceSize, ReevaluationError, reevaluate
+from service.tuning.reevaluate import RaceSize, ReevaluationError, fresh_seed, reevaluate
 from service.tuning.spec import StudySpec, parse_spec
 from service.tuning.study import Timing, run_study
 from trainers.ppo import train
@@ -62,7 +62,8 @@ def test_a_shape_and_the_sparse_baseline_run_on_fresh_paired_seeds(
         spec, url, home, InlineExecutor(), size, trial=2, on_run=lambda _, d, p: seen.append((d, p))
     )
 
-    fresh = [5 + FRESH_SEEDS + k for k in range(3)]
+    fresh = [15_000 + k for k in range(3)]  # studies of other seeds race on other seeds
+    assert fresh == [fresh_seed(5, k) for k in range(3)] and fresh_seed(6, 0) == 16_000
     assert result["seeds"] == fresh and seen == [(k, 6) for k in range(1, 7)]
     red, sparse = result["arms"]
     assert (red["trial"], red["label"], sparse["trial"], sparse["label"]) == (
@@ -140,7 +141,7 @@ def test_a_lost_run_is_an_error_naming_it_and_nothing_is_kept(
     finished: tuple[StudySpec, str, Path],
 ) -> None:
     spec, url, home = finished
-    with pytest.raises(ReevaluationError, match=r"trial 0, seed 10005 failed: WorkerCrashed"):
+    with pytest.raises(ReevaluationError, match=r"trial 0, seed 15000 failed: WorkerCrashed"):
         reevaluate(spec, url, home, _LosesFirstWorker(), RaceSize(min_seeds=2), trial=2)
     assert reevaluation(url, spec.name) is None
 
@@ -166,6 +167,7 @@ def test_bad_requests_are_refused(
         ({"min_seeds": 1}, "at least 2 seeds"),
         ({"max_seeds": 2}, "max_seeds=2 is below the first round's 3 seeds"),
         ({"arms": 0}, "race at least one shape"),
+        ({"max_seeds": 5000}, "max_seeds=5000: at most 1000"),
     ],
 )
 def test_bad_race_sizes_are_refused(fields: dict[str, int], message: str) -> None:
@@ -190,9 +192,9 @@ def test_the_cli_api_and_dashboard_show_it(
         ],
     )
     assert ran.exit_code == 0, ran.output
-    assert "raced on fresh seeds [10005, 10006]" in ran.output
+    assert "raced on fresh seeds [15000, 15001]" in ran.output
     study = read.study(url, spec.name)
-    assert study.reevaluation is not None and study.reevaluation.seeds == [10005, 10006]
+    assert study.reevaluation is not None and study.reevaluation.seeds == [15000, 15001]
     assert [a.trial for a in study.reevaluation.arms] == [2, 0]
     said = study.reevaluation.verdict
     assert "2 fresh seeds" in said and "95 % CI [" in said, said
@@ -211,7 +213,7 @@ def test_the_cli_api_and_dashboard_show_it(
     with serving(create_app(Settings(home=home, storage=url, coordinator=False))) as base:
         remote = runner.invoke(cli_app, ["status", spec.name, "--url", base])
     assert remote.exit_code == 0, remote.output
-    assert "raced on fresh seeds [10005, 10006]" in remote.output
+    assert "raced on fresh seeds [15000, 15001]" in remote.output
 
     missing = runner.invoke(cli_app, ["reevaluate", "nope", "--executor", "inline", *where])
     assert missing.exit_code != 0 and "no study named 'nope'" in missing.output
