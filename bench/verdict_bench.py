@@ -83,7 +83,8 @@ def races(runs: list[dict[str, Any]], pool: int, count: int, effect: bool) -> li
     """`count` races of the service's own `reevaluate` over the pool's values."""
     import optuna
 
-    from service.executor.base import Executor, Job, JobFn, Outcome
+    from service.executor import InlineExecutor
+    from service.executor.base import Job, JobFn
     from service.tuning.contracts import InnerResult, TrialRecord
     from service.tuning.objective import CURVE_KEY
     from service.tuning.reevaluate import RaceSize, fresh_seed, reevaluate
@@ -95,27 +96,22 @@ def races(runs: list[dict[str, Any]], pool: int, count: int, effect: bool) -> li
     # on seeds pool.. (A/A), or Shapley on the baseline's own seeds (the known effect).
     challenger = ("shapley", 0) if effect else ("sparse", pool)
 
-    class FromPool(Executor):
-        slots = 1
+    class FromPool(InlineExecutor):
+        """Answers each run from the pool, in this race's order of its seeds."""
 
         def __init__(self, order: np.ndarray) -> None:
-            self.order, self.done, self.runs = order, [], 0
+            super().__init__()
+            self.order = order
 
         def submit(self, fn: JobFn, job: Job) -> None:
+            super().submit(self._answer, job)
+
+        def _answer(self, job: Job) -> InnerResult:
             k = int(self.order[job.config["seed"] - fresh_seed(spec.seed, 0)])
             arm, offset = ("sparse", 0) if job.trial_number == 0 else challenger
             run = by[(arm, offset + k)]
             curve = {"0": {CURVE_KEY: run["start"]}}
-            result = InnerResult(job.seed_index, "pool", value=run["value"], curve=curve)
-            self.done.append(Outcome(job, result=result))
-            self.runs += 1
-
-        def wait(self, timeout_s: float) -> list[Outcome]:
-            done, self.done = self.done, []
-            return done
-
-        def running(self) -> int:
-            return 0
+            return InnerResult(job.seed_index, "pool", value=run["value"], curve=curve)
 
     home = Path(tempfile.mkdtemp())
     url = f"sqlite:///{home / 'races.db'}"
