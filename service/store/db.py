@@ -135,7 +135,9 @@ def prepare_sqlite(url: str) -> None:
     block the writer, which is what concurrent workers and a dashboard need."""
     path = Path(url.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as connection:
+    # Changing the journal mode fails at once, without the busy timeout, while another
+    # process holds the file: processes opening a fresh database together take turns.
+    with _file_lock(path), sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
@@ -196,6 +198,12 @@ def _process_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
+    with _file_lock(Path(database)):
+        yield
+
+
+@contextmanager
+def _file_lock(database: Path) -> Iterator[None]:
     with open(f"{database}.migrate-lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
