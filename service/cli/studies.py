@@ -1,5 +1,5 @@
-"""`shapetune run | resume | reevaluate | status | cancel | schema | submit`: tuning studies
-from the terminal.
+"""`shapetune run | resume | reevaluate | status | cancel | schema | submit | export`: tuning
+studies from the terminal.
 
 `--storage` names the study database (default: SQLite under the home); `--url` names a
 running `shapetune serve`, which `submit` needs and which `status`, `resume` and `cancel`
@@ -37,7 +37,7 @@ from service.formatting import number
 
 
 def register(app: typer.Typer) -> None:
-    for command in (run, resume, reevaluate, status, cancel, schema, submit):
+    for command in (run, resume, reevaluate, status, cancel, schema, submit, export):
         app.command()(command)
 
 
@@ -219,6 +219,55 @@ def submit(
         f"study [bold]{study['name']}[/bold] {study['status']} at {safe_url(url)}: "
         f"`shapetune status {study['name']} --url {safe_url(url)}` follows it"
     )
+
+
+def export(
+    name: Annotated[str, typer.Argument(help="The study whose shape to export.")],
+    out: Annotated[Path, typer.Argument(help="A new (or empty) folder to write.")],
+    to: Annotated[str, typer.Option("--to", help="The trainer: verl.")] = "verl",
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="This trial's shape; default: the best.")
+    ] = None,
+    estimator: Annotated[
+        str, typer.Option("--estimator", help="verl's advantage estimator (gae: PPO).")
+    ] = "gae",
+    copy_rm: Annotated[
+        bool, typer.Option("--copy-rm", help="Copy the reward model into OUT.")
+    ] = False,
+    storage: StorageOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Write a study's shape (its best trial, or --trial) as a reward manager for another
+    trainer's PPO: for verl, a module, its config and a README in OUT."""
+    from service.export import TARGETS, ExportError, check_out, export_verl, portable_shape
+    from trainers.portable_shape import ShapeFileError
+
+    if to not in TARGETS:
+        raise fail(f"--to {to!r}: shapetune exports to {', '.join(TARGETS)}")
+    home_dir = resolve_home(home)
+    database = existing_storage(storage, home_dir)
+    spec = _stored_spec(database, name)
+    source = LocalSource(database)
+    try:
+        study, trials = source.study(name), source.trials(name)
+    except SourceError as e:
+        raise fail(str(e)) from e
+    number = trial if trial is not None else (study.best.trial if study.best else None)
+    if number is None:
+        raise fail(f"study {name!r} has no completed trial yet: nothing to export")
+    chosen = next((t for t in trials.data if t.number == number), None)
+    if chosen is None or chosen.state != "COMPLETE" or chosen.weights is None:
+        raise fail(f"study {name!r} has no completed trial {number}; `shapetune status {name}`")
+    race = study.reevaluation
+    verdict = race.verdict if race and any(arm.trial == number for arm in race.arms) else ""
+    try:
+        check_out(out)
+        shape = portable_shape(spec, number, chosen.weights, chosen.knobs, home_dir, verdict)
+        written = export_verl(shape, out, estimator, copy_rm)
+    except (ExportError, ShapeFileError, OSError) as e:
+        raise fail(str(e)) from e
+    shown = sorted({p.parts[0] for p in written})
+    console.print(f"trial {number} of {name!r} exported to {out}: {', '.join(shown)}")
 
 
 def _stored_spec(database: str, name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # annotations only: importing this module stays cheap
@@ -25,6 +26,19 @@ class TaskInfo:
     name: str
     description: str
     details: dict[str, object]
+
+
+@dataclass(frozen=True)
+class RewardModelFiles:
+    """Where a task's Hugging Face reward model lies on disk: what an exported shape names so
+    that another trainer loads the same model."""
+
+    model: Path
+    """A folder `AutoModelForSequenceClassification.from_pretrained` loads."""
+    tokenizer: Path
+    """A folder `AutoTokenizer.from_pretrained` loads: the RM's tokenizer."""
+    mask_token_id: int | None = None
+    """The token that replaces masked players; None: the tokenizer's mask, else its pad."""
 
 
 class Task(ABC):
@@ -58,6 +72,11 @@ class Task(ABC):
 
     @abstractmethod
     def info(self) -> TaskInfo: ...
+
+    def reward_model_files(self) -> RewardModelFiles | None:
+        """The reward model's folders, for an export; None for an RM that is no Hugging Face
+        model on disk (a reward function written in torch)."""
+        return None
 
     def max_response_length(self) -> int | None:
         """Most response tokens the task's models can take after its longest prompt (their

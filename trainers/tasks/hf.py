@@ -26,7 +26,14 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from shaping.reward_model import HFRewardModel
-from trainers.tasks.base import Split, Task, TaskError, TaskInfo, check_response_length
+from trainers.tasks.base import (
+    RewardModelFiles,
+    Split,
+    Task,
+    TaskError,
+    TaskInfo,
+    check_response_length,
+)
 
 PROMPT_FIELDS = ("prompt", "text", "query")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
@@ -225,6 +232,9 @@ class HFTask(Task):
             self.rm_dir, local_files_only=True, trust_remote_code=False
         )
         return HFRewardModel(model, self.rm_tokenizer, self.mask_token_id)
+
+    def reward_model_files(self) -> RewardModelFiles:
+        return RewardModelFiles(self.rm_dir, self.rm_dir, self.mask_token_id)
 
     def prompts(self, split: Split) -> list[list[int]]:
         return [list(p) for p in self._prompts[split]]

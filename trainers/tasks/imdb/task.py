@@ -17,7 +17,14 @@ from transformers import (
 
 from shaping.reward_model import HFRewardModel
 from trainers.tasks import cache
-from trainers.tasks.base import Split, Task, TaskError, TaskInfo, check_response_length
+from trainers.tasks.base import (
+    RewardModelFiles,
+    Split,
+    Task,
+    TaskError,
+    TaskInfo,
+    check_response_length,
+)
 from trainers.tasks.gold import vader_compound
 from trainers.tasks.imdb.config import SIZES, PrepareConfig
 from trainers.tasks.imdb.data import Example, read_jsonl
@@ -71,6 +78,10 @@ class ImdbSentimentTask(Task):
     def load_reward_model(self) -> HFRewardModel:
         model = AutoModelForSequenceClassification.from_pretrained(self.root / "reward_model")
         return HFRewardModel(model, self.tokenizer)
+
+    def reward_model_files(self) -> RewardModelFiles:
+        # The RM reads the policy's tokens: its tokenizer is the policy's.
+        return RewardModelFiles(self.root / "reward_model", self.root / "policy")
 
     def prompts(self, split: Split) -> list[list[int]]:
         reviews = (
