@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Every other package at the version the tests passed with (`make lock` refreshes it).
 LOCK   := constraints.txt
 
-.PHONY: setup demo test lint lock bench-prepare clean
+.PHONY: setup demo test test-verl lint lock lock-verl bench-prepare clean
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+	$(MAKE) test-verl
+
+# The verl export's tests, against the real verl in an environment of its own: verl's
+# transformers range is not the main lock's.
+VERL_VENV ?= .venv-verl
+VERL_LOCK := constraints-verl.txt
+$(VERL_VENV)/bin/.installed: pyproject.toml $(VERL_LOCK)
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install --quiet -c $(VERL_LOCK) --upgrade pip
+	$(VERL_VENV)/bin/pip install --quiet $(TORCH)
+	$(VERL_VENV)/bin/pip install --quiet -c $(VERL_LOCK) -e '.[verl]' pytest pytest-timeout
+	touch $@
+
+test-verl: $(VERL_VENV)/bin/.installed
+	$(VERL_VENV)/bin/pytest tests/verl
 
 # Refresh the lock on purpose: the newest releases pyproject's ranges admit, in a throwaway
 # venv, frozen into $(LOCK). Then run `make test` and commit the lock with what it changed.
@@ -54,5 +69,16 @@ lock:
 	mv $(LOCK).new $(LOCK)
 	rm -rf .lock-venv
 
+lock-verl:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet $(TORCH)
+	.lock-venv/bin/pip install --quiet -e '.[verl]' pytest pytest-timeout
+	{ sed -n '1,3p' $(VERL_LOCK); .lock-venv/bin/pip freeze --all --exclude-editable \
+		| grep -v -i '^torch==' | sort -f; } > $(VERL_LOCK).new
+	mv $(VERL_LOCK).new $(VERL_LOCK)
+	rm -rf .lock-venv
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VERL_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,8 @@ TARGETS = ("verl",)
 MODULE = "shapetune_reward.py"
 REWARD_LOOP_CLASS = "ShapedRewardManager"
 LEGACY_CLASS = "ShapedLegacyRewardManager"
+TOKENIZER_FILES = ("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "spiece")
+"""How the files of a Hugging Face tokenizer begin (a policy's folder holds its weights too)."""
 
 
 class ExportError(ValueError):
@@ -69,7 +71,8 @@ def portable_shape(
 def export_verl(
     shape: PortableShape, out: Path, estimator: str = "gae", copy_rm: bool = False
 ) -> list[Path]:
-    """Write the export into `out` (new or empty); the files written, relative to it."""
+    """Write the export into `out` (new or empty); the files written, relative to it. The
+    RM is copied in with `copy_rm`, and whenever its tokenizer lies in another folder."""
     try:
         check_estimator(estimator)
     except EstimatorError as e:
@@ -78,9 +81,12 @@ def export_verl(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        if copy_rm:
-            shape = replace(shape, reward_model=_copy_rm(shape.reward_model, staging))
-        shape.save(staging / "shape.json")
+        rm = shape.reward_model
+        if copy_rm or rm.tokenizer != rm.model:  # verl loads both from one folder
+            _copy_rm(rm, staging / "reward_model")
+            rm = RewardModelFiles(out / "reward_model", out / "reward_model", rm.mask_token_id)
+            shape = replace(shape, reward_model=rm)
+        (staging / "shape.json").write_text(shape.to_json(relative_to=out))
         (staging / MODULE).write_text(_module(shape))
         (staging / "verl_config.yaml").write_text(_config(shape, out, estimator))
         (staging / "README.md").write_text(_readme(shape, out, estimator))
@@ -101,15 +107,13 @@ def check_out(out: Path) -> Path:
     return out
 
 
-def _copy_rm(files: RewardModelFiles, into: Path) -> RewardModelFiles:
-    """The RM's folders copied under `into`: an export that travels with its model."""
-    model = into / "reward_model"
-    shutil.copytree(files.model, model)
-    tokenizer = model
-    if files.tokenizer != files.model:
-        tokenizer = into / "reward_model_tokenizer"
-        shutil.copytree(files.tokenizer, tokenizer)
-    return RewardModelFiles(model, tokenizer, files.mask_token_id)
+def _copy_rm(files: RewardModelFiles, into: Path) -> None:
+    """The RM copied to `into` with its tokenizer's files beside its weights: an export that
+    travels with its model, in the one folder verl's reward model loads from."""
+    shutil.copytree(files.model, into)
+    for file in files.tokenizer.iterdir():
+        if file.is_file() and file.name.startswith(TOKENIZER_FILES):
+            shutil.copy2(file, into / file.name)
 
 
 def _module(shape: PortableShape) -> str:

@@ -100,8 +100,9 @@ class PortableShape:
             "origin": asdict(self.origin),
         }
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(relative_to=path.parent), indent=2) + "\n")
+    def to_json(self, relative_to: Path | None = None) -> str:
+        """`shape.json`'s text: to be saved in the folder `relative_to`."""
+        return json.dumps(self.to_dict(relative_to), indent=2) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> PortableShape:
