@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import re
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from types import TracebackType
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +20,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
@@ -23,7 +28,8 @@ from rich.progress import (
 from service.auth import OWNER_CHARS
 from service.settings import get_settings
 
-console = Console()
+# Out of a terminal (`make demo > log`) rich assumes 80 columns and cuts tables: be wide.
+console = Console(width=None if Console().is_terminal else int(os.environ.get("COLUMNS", 160)))
 
 HomeOption = Annotated[
     Path | None,
@@ -119,9 +125,11 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def progress_bar() -> Progress:
+def progress_bar() -> Progress | LogProgress:
     """A bar with a description, done/total, time spent and time left: PPO steps, study
-    trials, the stages of `prepare`."""
+    trials, the stages of `prepare`. Out of a terminal, where a bar shows nothing, lines."""
+    if not console.is_terminal:
+        return LogProgress()
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -130,3 +138,61 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+class LogProgress:
+    """`progress_bar` for a log: a line when a task starts, when its description changes,
+    when it finishes, and every `PERIOD` seconds while it runs. The part of rich's
+    `Progress` the commands use (`add_task`, `update`, `console.log`)."""
+
+    PERIOD = 30.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = console
+        self.clock = clock
+        self._tasks: dict[TaskID, dict[str, Any]] = {}
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None) -> TaskID:
+        task, now = TaskID(len(self._tasks)), self.clock()
+        self._tasks[task] = {"description": description, "total": total, "done": 0.0}
+        self._tasks[task] |= {"started": now, "finished": False}
+        self._line(task, "started", now)
+        return task
+
+    def update(
+        self,
+        task: TaskID,
+        completed: float | None = None,
+        total: float | None = None,
+        description: str | None = None,
+    ) -> None:
+        state, now = self._tasks[task], self.clock()
+        changed = description is not None and description != state["description"]
+        for key, value in (("done", completed), ("total", total), ("description", description)):
+            if value is not None:
+                state[key] = value
+        finished = state["total"] is not None and state["done"] >= state["total"]
+        if finished and not state["finished"]:
+            state["finished"] = True
+            self._line(task, "done", now)
+        elif changed or now - state["shown"] >= self.PERIOD:
+            self._line(task, "", now)
+
+    def _line(self, task: TaskID, event: str, now: float) -> None:
+        state = self._tasks[task]
+        state["shown"] = now
+        total = "?" if state["total"] is None else f"{state['total']:g}"
+        elapsed = now - state["started"]
+        words = [state["description"], f"{state['done']:g}/{total}", f"{elapsed:.0f} s", event]
+        self.console.print(" | ".join(w for w in words if w), markup=False, highlight=False)

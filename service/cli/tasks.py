@@ -12,6 +12,7 @@ import typer
 from service.cli import render
 from service.cli.options import (
     HomeOption,
+    LogProgress,
     TaskOption,
     console,
     fail,
@@ -80,7 +81,7 @@ def prepare(
     )
 
 
-def _stage_rows(bar: Progress) -> OnProgress:
+def _stage_rows(bar: Progress | LogProgress) -> OnProgress:
     """One row of `bar` per stage of `prepare`, added when the stage is first reported."""
     rows: dict[str, TaskID] = {}
 

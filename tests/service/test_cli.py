@@ -82,3 +82,25 @@ def test_the_default_owner_is_user_at_host_in_the_characters_the_api_accepts(
     monkeypatch.setattr(options.socket, "gethostname", lambda: "h" * 300)
     owner = options.default_owner()
     assert len(owner) == 128 and re.fullmatch(r"[A-Za-z0-9._@+-]{1,128}", owner)
+
+
+def test_out_of_a_terminal_progress_is_lines_a_log_keeps(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli.options import LogProgress, progress_bar
+
+    assert isinstance(progress_bar(), LogProgress)  # pytest's output is no terminal
+    clock = iter([0.0, 10.0, 50.0, 55.0, 90.0])
+    with LogProgress(clock=lambda: next(clock)) as bar:
+        job = bar.add_task("trials", total=4)  # t=0
+        bar.update(job, completed=1)  # t=10: within the period, no line
+        bar.update(job, completed=2)  # t=50: a periodic line
+        bar.update(job, completed=3, description="best 0.1")  # t=55: a new description
+        bar.update(job, completed=4)  # t=90: done
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "trials | 0/4 | 0 s | started",
+        "trials | 2/4 | 50 s",
+        "best 0.1 | 3/4 | 55 s",
+        "best 0.1 | 4/4 | 90 s | done",
+    ]
