@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shaping.attribution import ATTRIBUTORS, Attributor, build_attributor
+from shaping.attribution import ATTRIBUTORS, build_attributor
+from shaping.attribution.base import Attributor
 from shaping.batch import RolloutBatch
 from shaping.reward_model import RewardModel
 from shaping.scorer import RewardScorer

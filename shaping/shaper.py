@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 
-from shaping.attribution import ATTRIBUTORS, Attributor, build_attributor
+from shaping.attribution import ATTRIBUTORS, build_attributor
+from shaping.attribution.base import Attributor
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
-from shaping.shape import check_weights, conservation_residual, shape_rewards
+from shaping.shape import conservation_residual, shape_rewards
+from shaping.weights import check_weights
 
 
 class Shaper:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from shaping.attribution import ATTRIBUTORS, check_method_options
-from shaping.shape import check_weights
+from shaping.weights import check_weights
 from trainers.tasks import TASKS, TaskError, check_task_options
 
 CriticInit = Literal["policy", "reward_model"]

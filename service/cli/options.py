@@ -84,14 +84,12 @@ def resolve_home(home: Path | None) -> Path:
 def resolve_storage(storage: str | None, home: Path) -> str:
     """The study database: `--storage`, else SQLite under the home; refused (exit 2) if
     this install cannot open it."""
-    from service.store.db import default_url
-    from service.tuning.admission import check_storage
-    from service.tuning.spec import SpecError
+    from service.store.db import StoreError, check_url, default_url
 
     database = storage or default_url(home)
     try:
-        check_storage(database)
-    except SpecError as e:
+        check_url(database)
+    except StoreError as e:
         raise fail(str(e)) from e
     return database
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.executor import Executor, check_resources, make_executor
-from service.store.db import StoreError, check_url
 from service.tuning.samplers import SamplerUnavailable, check_available
 from service.tuning.spec import SpecError, StudySpec, corner_configs
 from trainers.config import ConfigError
@@ -58,14 +57,6 @@ def check_resources_here(spec: StudySpec, executor: str | None) -> None:
         )
     except ValueError as e:
         raise SpecError([f"executor: {e}"]) from None
-
-
-def check_storage(url: str) -> None:
-    """Raise `SpecError` unless `url` names a database this install can open."""
-    try:
-        check_url(url)
-    except StoreError as e:
-        raise SpecError([str(e)]) from None
 
 
 def admit_executor(spec: StudySpec, name: str | None, ray_address: str | None) -> Executor:

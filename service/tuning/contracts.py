@@ -206,3 +206,8 @@ def write_stored(storage: Any, trial_id: int, record: TrialRecord) -> None:
     no `Trial` of it (a worker, a coordinator taking a study over)."""
     for key, value in record.to_user_attrs().items():
         storage.set_trial_user_attr(trial_id, key, value)
+
+
+def sparse_arm(complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The pure-sparse control arm, the baseline."""
+    return next((t for t in complete if TrialRecord.from_trial(t).label == CONTROL_SPARSE), None)

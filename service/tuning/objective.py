@@ -80,3 +80,14 @@ def kl_excess(kl_max: float, final: dict[str, float]) -> float:
     cannot show it kept the limit: it counts as far over it."""
     kl = final.get(KL_KEY, math.nan)
     return kl - kl_max if math.isfinite(kl) else 1e9
+
+
+def incumbent(complete: Sequence[FrozenTrial], objective: str) -> FrozenTrial | None:
+    """The feasible completed trial with the best mean over its seeds on the first
+    objective. With a second objective that is the Pareto-optimal feasible trial best on the
+    first: the best on one objective is never dominated."""
+    feasible = [t for t in complete if is_feasible(t)]
+    if not feasible:
+        return None
+    pick = min if direction(objective) == "minimize" else max
+    return pick(feasible, key=primary)  # type: ignore[arg-type]

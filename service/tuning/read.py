@@ -35,11 +35,12 @@ from service.store import studies as store
 from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel, StudyStatus
 from service.tuning import verdict
-from service.tuning.contracts import TrialRecord, own_complete
+from service.tuning.contracts import TrialRecord, own_complete, sparse_arm
 from service.tuning.objective import (
     CURVE_KEY,
     direction,
     directions,
+    incumbent,
     is_feasible,
     pareto_front,
     primary,
@@ -250,8 +251,6 @@ def _summary(
 
 
 def _incumbent(record: StudyModel, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    from service.tuning.study import incumbent  # the study loop's own choice, not a copy
-
     return incumbent(own_complete(trials), record.spec.get("objective", "auc"))
 
 
@@ -314,8 +313,6 @@ def _front(record: StudyModel, trials: Sequence[FrozenTrial]) -> list[int]:
 
 
 def _sparse(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    from service.tuning.study import sparse_arm
-
     return sparse_arm(own_complete(trials))
 
 

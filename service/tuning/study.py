@@ -18,13 +18,13 @@ import socket
 import statistics
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from service.executor import Executor
 from service.formatting import estimate
@@ -33,21 +33,20 @@ from service.store.artifacts import record_artifacts
 from service.store.models import STOPPING, StudyStatus
 from service.tuning import space
 from service.tuning.contracts import (
-    CONTROL_SPARSE,
     InnerJob,
     InnerResult,
     TrialRecord,
     own_complete,
     placement,
+    sparse_arm,
     write,
     write_stored,
 )
 from service.tuning.inner import run_inner
 from service.tuning.objective import (
     GOLD_KEY,
-    direction,
     directions,
-    is_feasible,
+    incumbent,
     kl_excess,
     objective_value,
     primary,
@@ -403,26 +402,10 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(r[k] for r in rows) for k in sorted(keys)}
 
 
-def incumbent(complete: Sequence[FrozenTrial], objective: str) -> FrozenTrial | None:
-    """The feasible completed trial with the best mean over its seeds on the first
-    objective. With a second objective that is the Pareto-optimal feasible trial best on the
-    first: the best on one objective is never dominated."""
-    feasible = [t for t in complete if is_feasible(t)]
-    if not feasible:
-        return None
-    pick = min if direction(objective) == "minimize" else max
-    return pick(feasible, key=primary)  # type: ignore[arg-type]
-
-
 def gold_value(objective: str, result: InnerResult) -> float:
     """The run's gold objective: `objective`'s measure of the gold judge's curve."""
     curve = {int(step): metrics for step, metrics in result.curve.items()}
     return objective_value(objective, curve, result.steps, None, key=GOLD_KEY)
-
-
-def sparse_arm(complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    """The pure-sparse control arm, the baseline."""
-    return next((t for t in complete if TrialRecord.from_trial(t).label == CONTROL_SPARSE), None)
 
 
 def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str = "") -> Progress:

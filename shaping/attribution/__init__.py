@@ -2,38 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from shaping.attribution.amortized import AmortizedAttributor
-from shaping.attribution.attention import AttentionAttributor
-from shaping.attribution.base import Attributor
-from shaping.attribution.lime_explainer import LimeAttributor
 from shaping.attribution.options import MethodOptionError
-from shaping.attribution.red import RedAttributor
-from shaping.attribution.shap_explainer import ShapAttributor
-from shaping.attribution.shapley import ShapleyAttributor
-from shaping.attribution.sparse import SparseAttributor
-from shaping.attribution.uniform import UniformAttributor
-from shaping.scorer import RewardScorer
 
-ATTRIBUTORS: dict[str, type[Attributor]] = {
-    cls.name: cls
-    for cls in (
-        SparseAttributor,
-        UniformAttributor,
-        RedAttributor,
-        AttentionAttributor,
-        ShapleyAttributor,
-        ShapAttributor,
-        LimeAttributor,
-        AmortizedAttributor,
-    )
+if TYPE_CHECKING:  # a method's module imports torch: only a method asked for is imported
+    from shaping.attribution.amortized import AmortizedAttributor
+    from shaping.attribution.base import Attributor
+    from shaping.scorer import RewardScorer
+
+METHODS: dict[str, str] = {
+    "sparse": "sparse:SparseAttributor",
+    "uniform": "uniform:UniformAttributor",
+    "red": "red:RedAttributor",
+    "attention": "attention:AttentionAttributor",
+    "shapley": "shapley:ShapleyAttributor",
+    "shap": "shap_explainer:ShapAttributor",
+    "lime": "lime_explainer:LimeAttributor",
+    "amortized": "amortized:AmortizedAttributor",
 }
+"""Each method's class, as module:class in this package, in the order they are listed."""
+
+
+class _Registry(Mapping[str, "type[Attributor]"]):
+    """The methods by name; a method's module is imported when its class is first asked
+    for, so that naming, listing and counting methods (a spec's admission, `shapetune
+    status`) import no torch."""
+
+    def __getitem__(self, name: str) -> type[Attributor]:
+        module, _, cls = METHODS[name].partition(":")
+        found: type[Attributor] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in METHODS
+
+
+ATTRIBUTORS: Mapping[str, type[Attributor]] = _Registry()
 
 __all__ = [
     "ATTRIBUTORS",
-    "Attributor",
+    "METHODS",
     "MethodOptionError",
     "build_attributor",
     "check_method_options",
@@ -70,10 +87,12 @@ def build_attributor(
     # Checked first: an unknown option is then a named error, not the constructor's TypeError.
     check_method_options(name, own)
     attributor = ATTRIBUTORS[name](scorer, **own)
-    if isinstance(attributor, AmortizedAttributor) and (
-        taught := options.get(attributor.teacher.name)
-    ):
+    if _is_amortized(attributor) and (taught := options.get(attributor.teacher.name)):
         teacher = attributor.teacher.name
         seeded = {"seed": attributor.teacher_seed, **taught}
         attributor.teacher = build_attributor(teacher, scorer, {teacher: seeded})
     return attributor
+
+
+def _is_amortized(attributor: Attributor) -> TypeGuard[AmortizedAttributor]:
+    return attributor.name == "amortized"

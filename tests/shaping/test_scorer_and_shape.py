@@ -7,7 +7,8 @@ from shaping.attribution import make_attributor
 from shaping.batch import BatchError, RolloutBatch
 from shaping.reward_model import NoStatesError
 from shaping.scorer import NonFiniteRewardError, RewardScorer
-from shaping.shape import check_weights, shape_rewards
+from shaping.shape import shape_rewards
+from shaping.weights import check_weights
 
 
 def test_duplicates_are_scored_once_and_the_full_row_is_free(rm, batch: RolloutBatch) -> None:
