@@ -95,6 +95,7 @@ def test_the_best_trial_exports_with_the_rewards_of_the_studys_own_shaper(
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
+        "reward_model",  # the built-in RM's tokenizer lies in the policy's folder: copied in
         "shape.json",
         "shapetune_reward.py",
         "verl_config.yaml",
@@ -107,7 +108,12 @@ def test_the_best_trial_exports_with_the_rewards_of_the_studys_own_shaper(
         1,
         "imdb-sentiment",
     )
-    assert shape.reward_model.model == tiny_prepared.root / "reward_model"
+    assert shape.reward_model.model == shape.reward_model.tokenizer == out / "reward_model"
+    copied = {p.name for p in (out / "reward_model").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= copied
+    assert (out / "reward_model" / "model.safetensors").read_bytes() == (
+        tiny_prepared.root / "reward_model" / "model.safetensors"
+    ).read_bytes()
     config = yaml.safe_load((out / "verl_config.yaml").read_text())
     assert config["algorithm"]["adv_estimator"] == "gae"
     assert config["reward"]["reward_manager"] == {
