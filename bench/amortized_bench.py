@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine
 
 from shaping.attribution import build_attributor
 from shaping.attribution.shapley import ShapleyAttributor
@@ -212,7 +212,7 @@ def main() -> None:
             credits, rows = credits_of(lambda s, f=fraction: trained_network(dirs[f], s), rm, batch)
             networks[str(fraction)] = {"error": relative_error(credits, reference), "rows": rows}
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "command": " ".join(["bench/amortized_bench.py", *sys.argv[1:]]),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs": runs,

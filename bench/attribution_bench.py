@@ -51,7 +51,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import machine
 
 from shaping.attribution import ATTRIBUTORS, make_attributor
 from shaping.attribution.base import conserve
@@ -751,7 +751,7 @@ def main() -> None:
     results["defaults"] = defaults(task, rm, 32, 24)
 
     results["command"] = " ".join([".venv/bin/python bench/attribution_bench.py", *sys.argv[1:]])
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+    results["machine"] = machine()
     results["settings"] = {k: str(v) for k, v in vars(args).items()}
     results["load_average"] = load_average
     results["wall_minutes"] = (time.perf_counter() - started) / 60

@@ -1,17 +1,19 @@
-"""Latency of the REST endpoints and the dashboard pages with 1,000 trials in the database.
+"""Latency of the REST endpoints and the dashboard pages with many trials in the database.
 
     .venv/bin/python bench/dashboard_bench.py --out bench/results/dashboard.json
+    .venv/bin/python bench/dashboard_bench.py --trials 10000 --studies 99 \
+        --out bench/results/dashboard-10k.json
 
-A fresh SQLite study database gets one study of 1,000 completed trials (3 methods and a
+A fresh SQLite study database gets one study of `--trials` completed trials (3 methods and a
 KL knob, 2 seeds, 5 evaluations per seed, 3 samples credited token by token, the final
-metrics of a real inner run, 4 artifacts) and 4 studies of 25, written through Optuna's
+metrics of a real inner run, 4 artifacts) and `--studies` studies of 25, written through Optuna's
 storage and the service's tables as a coordinator writes them. The app
-(`service.api.app.create_app`, without a coordinator) is served by uvicorn on loopback; each URL
+(`service.app.create_app`, without a coordinator) is served by uvicorn on loopback; each URL
 is asked `--requests` times over one kept-alive connection after 3 warm-up requests (the
 first, cold one is reported apart: it reads every trial once). Then headless Chromium
 (Debian's, through Playwright) loads each page `--loads` times, timed from navigation to
 every Plotly figure drawn (Plotly's bundle from the browser's cache after the first).
-Goals (issue 6): endpoint p99 < 100 ms, page load < 2 s.
+Goals: endpoint p99 < 100 ms (the studies list and a study's detail included), page load < 2 s.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import http.client
 import json
 import math
 import os
-import platform
 import random
 import socket
 import statistics
@@ -32,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import machine
+
 STUDY = "big"
-TRIALS = 1000
-SMALL = 4
 METHODS = ["sparse", "red", "uniform"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -185,7 +186,7 @@ def serve(home: Path, url: str) -> tuple[Any, int]:
     """The service's app on a free loopback port, in a thread."""
     import uvicorn
 
-    from service.api.app import create_app
+    from service.app import create_app
     from service.settings import Settings
 
     app = create_app(Settings(home=home, storage=url, coordinator=False))
@@ -265,7 +266,7 @@ def time_pages(
                     seconds.append(elapsed)
             out[label] = {"path": path, **percentiles(seconds), "first_ms": round(1000 * first)}
             if shots is not None:
-                page.screenshot(path=str(shots / f"{label}-{TRIALS}.png"), full_page=False)
+                page.screenshot(path=str(shots / f"{label}.png"), full_page=False)
         browser.close()
     if errors:
         raise SystemExit(f"the browser reported errors: {errors[:5]}")
@@ -280,27 +281,30 @@ def main() -> None:
     parser.add_argument(
         "--screenshots", type=Path, default=None, help="Save a screenshot of each page here."
     )
+    parser.add_argument("--trials", type=int, default=1000, help="Trials of the big study.")
+    parser.add_argument("--studies", type=int, default=4, help="Small studies of 25 beside it.")
     args = parser.parse_args()
+    trials, small = args.trials, args.studies
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         url = f"sqlite:///{home / 'studies.db'}"
         started = time.perf_counter()
-        for k in range(SMALL):
+        for k in range(small):
             fill(url, f"small-{k}", 25, seed=k + 1)
-        fill(url, STUDY, TRIALS)
+        fill(url, STUDY, trials)
         fill_s = time.perf_counter() - started
-        print(f"filled {TRIALS} + {SMALL} x 25 trials in {fill_s:.0f} s", file=sys.stderr)
+        print(f"filled {trials} + {small} x 25 trials in {fill_s:.0f} s", file=sys.stderr)
 
         server, port = serve(home, url)
-        trial = f"/studies/{STUDY}/trials/{TRIALS // 2}"
+        trial = f"/studies/{STUDY}/trials/{trials // 2}"
         endpoints = time_urls(
             port,
             {
                 "api: list studies": "/api/v1/studies",
                 "api: one study": f"/api/v1/studies/{STUDY}",
                 "api: trials (first page)": f"/api/v1/studies/{STUDY}/trials",
-                "api: trials (last page)": f"/api/v1/studies/{STUDY}/trials?offset={TRIALS - 20}",
+                "api: trials (last page)": f"/api/v1/studies/{STUDY}/trials?offset={trials - 20}",
                 "api: one trial": f"/api/v1{trial}",
                 "api: artifacts (a page)": f"/api/v1/studies/{STUDY}/artifacts?offset=2000",
             },
@@ -322,9 +326,10 @@ def main() -> None:
         server.should_exit = True
 
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "load_average": os.getloadavg(),
-        "trials": TRIALS,
+        "trials": trials,
+        "studies": small + 1,
         "fill_seconds": round(fill_s, 1),
         "http": {**endpoints, **pages_http},
         "chromium_page_load": browser,

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine
 
 from service.executor import make_executor
 from service.export import export_verl, portable_shape
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     home = args.home or get_settings().resolved_home()
     figures: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "size": args.size,

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from methods_bench import _series, one_run, plot, summarize
+from common import machine, series
+from methods_bench import one_run, plot, summarize
 
 from service.tuning.verdict import OBJECTIVE_WORDS, decide, equivalence_margin, estimate
 from trainers.signals import area_under_curve
@@ -143,12 +144,12 @@ def table_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     table = summarize(runs, FAIR)
     for arm, row in table.items():
         mine = [r for r in runs if r["arm"] == arm]
-        finals = [_series(r, "eval/rm_mean")[1][-1] for r in mine]
+        finals = [series(r, "eval/rm_mean")[1][-1] for r in mine]
         row["final_rm"], row["final_rm_ci"] = confidence(finals)
         row["final_gold"], row["final_gold_ci"] = confidence(
-            [_series(r, "eval/gold_mean")[1][-1] for r in mine]
+            [series(r, "eval/gold_mean")[1][-1] for r in mine]
         )
-        row["distinct_2"] = statistics.fmean(_series(r, "eval/distinct_2")[1][-1] for r in mine)
+        row["distinct_2"] = statistics.fmean(series(r, "eval/distinct_2")[1][-1] for r in mine)
         row["seeds"] = len(mine)
     return table
 
@@ -168,8 +169,8 @@ def paired_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     margin; for an undecided one, about how many more seeds would decide it."""
     fair = {r["seed"]: r for r in runs if r["arm"] == FAIR}
     out: dict[str, dict[str, Any]] = {}
-    for name, measure in (("auc", auc), ("final", lambda r: _series(r, "eval/rm_mean")[1][-1])):
-        start = [_series(r, "eval/rm_mean")[1][0] for r in fair.values()]
+    for name, measure in (("auc", auc), ("final", lambda r: series(r, "eval/rm_mean")[1][-1])):
+        start = [series(r, "eval/rm_mean")[1][0] for r in fair.values()]
         gains = [measure(r) - s for r, s in zip(fair.values(), start, strict=True)]
         margin = equivalence_margin(MARGIN_FRACTION, gains)
         for arm in dict.fromkeys(r["arm"] for r in runs):
@@ -309,7 +310,7 @@ def main() -> None:
     table = table_rows(runs)
     seconds = time.perf_counter() - started
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "versions": versions(),
         "command": " ".join(["bench/headline.py", *sys.argv[1:]]),
         "settings": {k: v for k, v in settings.items() if k not in ("arms", "home")},

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import machine, series
 
 ARMS: dict[str, dict[str, Any]] = {
     "sparse (critic: policy)": {"weights": {"sparse": 1.0}},
@@ -91,11 +90,6 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _series(run: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
-    steps = sorted(run["curves"])
-    return np.array(steps), np.array([run["curves"][s].get(key, np.nan) for s in steps])
-
-
 def _first_reaching(run: dict[str, Any], target: float) -> tuple[float, float]:
     """Steps and training seconds at the first evaluation at or above `target` (nan if never)."""
     for s in sorted(run["curves"]):
@@ -107,8 +101,8 @@ def _first_reaching(run: dict[str, Any], target: float) -> tuple[float, float]:
 
 def summarize(runs: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, float]]:
     base = [r for r in runs if r["arm"] == baseline]
-    target = statistics.fmean(_series(r, "eval/rm_mean")[1][-1] for r in base)
-    base_kl = statistics.fmean(_series(r, "eval/kl")[1][-1] for r in base)
+    target = statistics.fmean(series(r, "eval/rm_mean")[1][-1] for r in base)
+    base_kl = statistics.fmean(series(r, "eval/kl")[1][-1] for r in base)
     table = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
@@ -119,23 +113,23 @@ def summarize(runs: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, 
         attribution = [r["phase_seconds"].get("shape", 0.0) for r in mine]
         at_kl = []
         for r in mine:
-            kl, rm = _series(r, "eval/kl")[1], _series(r, "eval/rm_mean")[1]
+            kl, rm = series(r, "eval/kl")[1], series(r, "eval/rm_mean")[1]
             order = np.argsort(kl)
             at_kl.append(float(np.interp(base_kl, kl[order], rm[order])))
         table[arm] = {
-            "final_rm": statistics.fmean(_series(r, "eval/rm_mean")[1][-1] for r in mine),
+            "final_rm": statistics.fmean(series(r, "eval/rm_mean")[1][-1] for r in mine),
             "auc_rm": statistics.fmean(
-                float(np.trapezoid(*_series(r, "eval/rm_mean")[::-1]) / max(r["steps"], 1))
+                float(np.trapezoid(*series(r, "eval/rm_mean")[::-1]) / max(r["steps"], 1))
                 for r in mine
             ),
             "steps_to_sparse_final": _nanmean([s for s, _ in reach]),
             "seconds_to_sparse_final": _nanmean([t for _, t in reach]),
             "reached_in_runs": sum(not np.isnan(s) for s, _ in reach),
             "rm_at_sparse_kl": statistics.fmean(at_kl),
-            "final_gold": statistics.fmean(_series(r, "eval/gold_mean")[1][-1] for r in mine),
-            "final_kl": statistics.fmean(_series(r, "eval/kl")[1][-1] for r in mine),
+            "final_gold": statistics.fmean(series(r, "eval/gold_mean")[1][-1] for r in mine),
+            "final_kl": statistics.fmean(series(r, "eval/kl")[1][-1] for r in mine),
             "final_repetition": statistics.fmean(
-                _series(r, "eval/repeated_token_fraction")[1][-1] for r in mine
+                series(r, "eval/repeated_token_fraction")[1][-1] for r in mine
             ),
             "seconds_per_step": statistics.fmean(
                 t / r["steps"] for t, r in zip(steps_train, mine, strict=True)
@@ -182,9 +176,9 @@ def plot(runs: list[dict[str, Any]], path: Path, log_seconds: bool = False) -> N
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
-        steps = _series(mine[0], "eval/rm_mean")[0]
-        mean = np.mean([_series(r, "eval/rm_mean")[1] for r in mine], axis=0)
-        seconds = np.mean([_series(r, "cost/train_seconds")[1] for r in mine], axis=0)
+        steps = series(mine[0], "eval/rm_mean")[0]
+        mean = np.mean([series(r, "eval/rm_mean")[1] for r in mine], axis=0)
+        seconds = np.mean([series(r, "cost/train_seconds")[1] for r in mine], axis=0)
         style = "--" if arm.startswith("sparse") else "-"
         ax.plot(steps, mean, style, label=arm)
         bx.plot(seconds, mean, style, label=arm)
@@ -227,7 +221,7 @@ def main() -> None:
     table = summarize(runs, a.baseline)
     target = table[a.baseline]["final_rm"]
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "command": " ".join(["bench/methods_bench.py", *map(repr, sys.argv[1:])]),
         "settings": settings,
         "wall_seconds": round(time.perf_counter() - started, 1),

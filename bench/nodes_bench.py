@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import machine
+
 STUDY = {
     "name": "nodes",
     "task": {"name": "synthetic"},
@@ -82,7 +84,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     result = {
         "study": STUDY,
-        "machine": f"{os.cpu_count()} cores",
+        "machine": machine(),
         "runs": rows,
         "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
     }

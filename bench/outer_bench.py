@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 METHODS = ["sparse", "uniform", "red"]
 PRUNING_INNER = {
@@ -198,9 +198,9 @@ def main() -> None:
     if args.quick:
         args.seeds, args.budget, args.trials = 2, 6, 10
     parts = {int(p) for p in args.parts.split(",")}
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    started = time.perf_counter()
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, load {load:.1f} at start",
+        "machine": machine(),
         "command": " ".join([".venv/bin/python", *sys.argv]),
         "args": {k: str(v) for k, v in vars(args).items()},
     }

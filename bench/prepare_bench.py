@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine
 
 CLI = [sys.executable, "-m", "service.cli"]
 
@@ -59,7 +60,7 @@ def main() -> None:
         again_s, again = run_prepare(a, args.size)
         result = {
             "size": args.size,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+            "machine": machine(),
             "clean_build_wall_s": round(first_s, 1),
             "stage_build_s": {k: v["build_seconds"] for k, v in first["stages"].items()},
             "cached_rerun_wall_s": round(again_s, 2),

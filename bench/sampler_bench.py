@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 INNER = {
     "steps": 20,
@@ -34,7 +34,7 @@ def one_study(sampler: str, seed: int, trials: int) -> dict[str, Any]:
     import torch
 
     from service.executor import InlineExecutor
-    from service.tuning import read
+    from service.read import model as read
     from service.tuning.spec import parse_spec
     from service.tuning.study import run_study
 
@@ -97,7 +97,7 @@ def main() -> None:
         for s, curve in median.items()
     }
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "inner": INNER,
         "methods": METHODS,
         "trials": args.trials,

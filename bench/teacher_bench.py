@@ -37,7 +37,6 @@ import copy
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +45,7 @@ from typing import Any
 
 import torch
 from attribution_bench import ReferenceCache, one_response, policy_batch, sampled_reference
+from common import machine
 
 from shaping.attribution.shapley import ESTIMATORS, ShapleyAttributor
 from shaping.batch import RolloutBatch
@@ -286,7 +286,7 @@ def main() -> None:
         "bias": bias(rm, batch, ref, args.bias_seeds),
     }
     results["command"] = " ".join([".venv/bin/python bench/teacher_bench.py", *sys.argv[1:]])
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+    results["machine"] = machine()
     results["threads"] = args.threads
     results["load_average"] = load_average
     results["wall_minutes"] = (time.perf_counter() - started) / 60

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -172,11 +171,7 @@ def main() -> None:
     runs = train_pool(args.pool)
     trained = time.perf_counter() - started
     report: dict[str, Any] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_at_start": os.getloadavg()[0],
-        },
+        "machine": machine(),
         "inner": INNER,
         "pool": args.pool,
         "train_seconds": trained,

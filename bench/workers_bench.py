@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from common import machine
 
 from service.executor import make_executor
 from service.settings import get_settings
@@ -52,7 +51,7 @@ def main() -> None:
         assert final.done == spec.budget, final
         print(f"{workers} worker(s): {seconds[workers]:.1f} s", flush=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "machine": machine(),
         "spec": str(args.spec.relative_to(ROOT)),
         "wall_seconds": {str(k): round(v, 1) for k, v in seconds.items()},
         "ratio_2_to_1": round(seconds[2] / seconds[1], 3),

@@ -31,12 +31,18 @@ def _check(ok: bool, name: str, value: Any, valid: str) -> None:
         raise ConfigError(f"{name}={value!r} is invalid; {valid}")
 
 
+def _integer(value: Any) -> bool:
+    """An int that is no bool: from YAML, `steps: true` is a typo, not 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_int(name: str, value: Any) -> None:
-    _check(isinstance(value, int) and value >= 1, name, value, "give an integer >= 1")
+    _check(_integer(value) and value >= 1, name, value, "give an integer >= 1")
 
 
 def _in_range(name: str, value: Any, low: float, high: float) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value) and low <= value <= high
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and math.isfinite(value) and low <= value <= high
     _check(ok, name, value, f"give a number in [{low:g}, {high:g}]")
 
 
@@ -210,14 +216,14 @@ class TrainConfig:
         for name in ("steps", "eval_interval", "eval_prompts", "checkpoint_interval"):
             _positive_int(name, getattr(self, name))
         _check(
-            isinstance(self.eval_samples, int) and self.eval_samples >= 0,
+            _integer(self.eval_samples) and self.eval_samples >= 0,
             "eval_samples",
             self.eval_samples,
             "give an integer >= 0",
         )
-        _check(isinstance(self.seed, int), "seed", self.seed, "give an integer")
+        _check(_integer(self.seed), "seed", self.seed, "give an integer")
         _check(
-            isinstance(self.torch_threads, int) and self.torch_threads >= 0,
+            _integer(self.torch_threads) and self.torch_threads >= 0,
             "torch_threads",
             self.torch_threads,
             "give an integer >= 0 (0 = torch's default)",

@@ -1,1 +1,1 @@
-"""The REST API under /api/v1: `create_app(settings)` in `service.api.app`."""
+"""The REST API under /api/v1: `create_app(settings)` in `service.app`."""

@@ -21,7 +21,7 @@ from service.formatting import (
 )
 
 if TYPE_CHECKING:
-    from service.api.schemas import (
+    from service.read.schemas import (
         Estimate,
         Reevaluation,
         StudiesPublic,

@@ -64,7 +64,7 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from service.api.app import create_app
+    from service.app import create_app
     from service.redaction import safe_url
     from service.settings import get_settings
     from service.store.db import StoreError, check_url

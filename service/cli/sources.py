@@ -1,5 +1,5 @@
 """Where the study commands read studies from: the store on this machine (the read model,
-`service.tuning.read`) or a running service (its REST API). Both give the API's schemas, so
+`service.read.model`) or a running service (its REST API). Both give the API's schemas, so
 `status NAME` prints the same table either way and the commands have no `if url:` branches
 past choosing the source."""
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from service.cli.options import existing_storage, resolve_home, resolve_storage
 
 if TYPE_CHECKING:
-    from service.api.schemas import StudiesPublic, StudyPublic, TrialsPublic
+    from service.read.schemas import StudiesPublic, StudyPublic, TrialsPublic
 
 
 T = TypeVar("T")
@@ -42,23 +42,23 @@ class LocalSource:
         self.database, self.where = database, f"studies in {safe_url(database)}"
 
     def studies(self) -> StudiesPublic:
+        from service.read import model as read
         from service.store.db import sqlite_path
-        from service.tuning import read
 
         path = sqlite_path(self.database)
         if path is not None and not path.is_file():  # nothing run yet: nothing to create
-            from service.api.schemas import StudiesPublic
+            from service.read.schemas import StudiesPublic
 
             return StudiesPublic(data=[], count=0)
         return self._read(lambda: read.studies(self.database))
 
     def study(self, name: str) -> StudyPublic:
-        from service.tuning import read
+        from service.read import model as read
 
         return self._read(lambda: read.study(self.database, name))
 
     def trials(self, name: str) -> TrialsPublic:
-        from service.tuning import read
+        from service.read import model as read
 
         return self._read(lambda: read.trials(self.database, name))
 
@@ -85,18 +85,18 @@ class RemoteSource:
         self.client, self.where = ServiceClient(url, token), f"studies at {safe_url(url)}"
 
     def studies(self) -> StudiesPublic:
-        from service.api.schemas import StudiesPublic
+        from service.read.schemas import StudiesPublic
 
         rows = self._call(lambda: list(self.client.studies()))
         return StudiesPublic.model_validate({"data": rows, "count": len(rows)})
 
     def study(self, name: str) -> StudyPublic:
-        from service.api.schemas import StudyPublic
+        from service.read.schemas import StudyPublic
 
         return StudyPublic.model_validate(self._call(lambda: self.client.study(name)))
 
     def trials(self, name: str) -> TrialsPublic:
-        from service.api.schemas import TrialsPublic
+        from service.read.schemas import TrialsPublic
 
         rows = self._call(lambda: list(self.client.trials(name)))
         return TrialsPublic.model_validate({"data": rows, "count": len(rows)})

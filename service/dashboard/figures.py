@@ -1,5 +1,5 @@
 """Plotly figures of a study and of a trial, as plain dicts ({"data": [...], "layout": {...}})
-that the pages hand to `Plotly.newPlot`. Built from the read model (`service.tuning.read`).
+that the pages hand to `Plotly.newPlot`. Built from the read model (`service.read.model`).
 
 No plotly Python objects: building and validating 1,000-trial figures through them costs
 more than the page budget, and the browser needs nothing but the JSON.
@@ -13,8 +13,8 @@ from typing import Any
 
 from service import formatting
 from service.formatting import significant
+from service.read.model import downsample
 from service.tuning.contracts import CONTROL_SPARSE
-from service.tuning.read import downsample
 
 Figure = dict[str, Any]
 

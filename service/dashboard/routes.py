@@ -1,4 +1,4 @@
-"""The dashboard's pages: each route reads the study's read model (`service.tuning.read`, the
+"""The dashboard's pages: each route reads the study's read model (`service.read.model`, the
 API's schemas), builds its figures (`figures`) and renders a template. Mounted at `/`,
 assets under `/static/`.
 
@@ -24,10 +24,10 @@ from service.api.deps import CredentialsDep, may_read
 from service.auth import SESSION_COOKIE, reads_open, session_value, token_role
 from service.dashboard import figures
 from service.heatmap import sample_table
+from service.read import model as read
+from service.read.model import TrialNotFound
 from service.store.models import LIVE
 from service.store.studies import StoreError, StudyNotFound, get_study
-from service.tuning import read
-from service.tuning.read import TrialNotFound
 
 router = APIRouter(include_in_schema=False)
 

@@ -21,6 +21,8 @@ def control_label(method: str) -> str:
 
 
 CONTROL_SPARSE = control_label("sparse")
+REEVALUATION = "reevaluation"
+"""The study user attribute that keeps the latest re-evaluation of the incumbent."""
 """The pure-sparse control arm, the baseline every shape is compared with."""
 
 

@@ -36,12 +36,17 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor import Executor
 from service.formatting import number
 from service.tuning import verdict
-from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord
+from service.tuning.contracts import (
+    CONTROL_SPARSE,
+    REEVALUATION,
+    InnerJob,
+    InnerResult,
+    TrialRecord,
+)
 from service.tuning.contracts import own_complete as own_completed
 from service.tuning.inner import run_inner
 from service.tuning.objective import CURVE_KEY, direction, is_feasible, primary
 from service.tuning.pairing import paired
-from service.tuning.read import REEVALUATION
 from service.tuning.spec import StudySpec
 from service.tuning.storage import opened_storage
 from service.tuning.study import run_key, stderr

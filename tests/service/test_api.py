@@ -30,7 +30,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from typer.testing import CliRunner
 
-from service.api.app import create_app
+from service.app import create_app
 from service.cli import app as cli_app
 from service.settings import Settings, get_settings
 from service.store.db import get_engine

@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from service.api.app import create_app
+from service.app import create_app
 from service.cli import app as cli_app
 from service.settings import Settings
 from tests.service.conftest import TINY_INNER
@@ -95,6 +95,12 @@ BAD_SPECS: list[tuple[str, dict[str, Any], Words]] = [
     ),
     ("steps_to_target without target", {"objective": "steps_to_target"}, "needs a `target`"),
     ("seeds a bool", {"seeds": True}, "seeds: Input should be a valid integer"),
+    (
+        "inner steps a bool",
+        {"inner": _inner(steps=True)},
+        "steps=True is invalid; give an integer >= 1",
+    ),
+    ("inner lr a bool", {"inner": _inner(**{"ppo.lr": True})}, "ppo.lr=True is invalid"),
     ("seeds a string", {"seeds": "2"}, "seeds: Input should be a valid integer"),
     ("seeds a fraction", {"seeds": 1.5}, "seeds: Input should be a valid integer"),
     ("budget zero", {"budget": 0}, "budget: Input should be greater than or equal to 1"),

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from service.dashboard import figures
 from service.dashboard.routes import PLOTLY, _study_view, router
 from service.executor import InlineExecutor
+from service.read import model as read
 from service.settings import Settings
 from service.store import studies as store
-from service.tuning import read
 from service.tuning.spec import parse_spec
 from service.tuning.study import run_study
 
@@ -253,7 +253,7 @@ def test_plotly_is_served_from_the_python_package(client: TestClient) -> None:
 
 def _guarded(finished: tuple[Settings, str], **tokens: str) -> TestClient:
     """The service's app (API and pages) over the finished study, with these tokens."""
-    from service.api.app import create_app
+    from service.app import create_app
 
     settings = finished[0]
     where = {"home": settings.home, "storage": settings.storage, "coordinator": False}
@@ -384,7 +384,7 @@ def test_pages_render_in_headless_chromium(
 def test_a_browser_signs_in_where_reads_need_a_token(
     finished: tuple[Settings, str], serving: Serving
 ) -> None:
-    from service.api.app import create_app
+    from service.app import create_app
 
     sync_playwright = _browser_or_skip()
     settings = finished[0]

@@ -61,7 +61,7 @@ def test_two_runs_share_two_logical_gpus_and_say_there_is_no_cuda(tmp_path: Path
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "slots 2" in ran.stdout  # two GPUs, one per run: two runs at a time
 
-    from service.tuning import read
+    from service.read import model as read
 
     trial = read.trial(f"sqlite:///{tmp_path / 'studies.db'}", "gpus", 0)
     assert trial.state == "FAIL"

@@ -7,14 +7,21 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from trainers.tasks.imdb.prepare import Prepared
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_smoke.py"
 
 
 def test_the_cpu_path_measures_all_three(
-    tiny_home: Path, tiny_prepared: Prepared, ray_cluster: None, tmp_path: Path
+    tiny_home: Path,
+    tiny_prepared: Prepared,
+    ray_cluster: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as `python bench/gpu_smoke.py` runs it
     spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
     assert spec is not None and spec.loader is not None
     smoke = importlib.util.module_from_spec(spec)
@@ -27,3 +34,4 @@ def test_the_cpu_path_measures_all_three(
     assert cpu["study_on_ray"] == {**cpu["study_on_ray"], "trials": 2, "gpus_per_run": 0}
     assert cpu["exported_shape"]["responses"] == 16
     assert cpu["exported_shape"]["seconds_per_response"] > 0
+    assert json.loads(out.read_text())["machine"]["cores"] >= 1

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
-from service.api.app import create_app
+from service.app import create_app
 from service.cli import app as cli_app
 from service.redaction import safe_url
 from service.settings import Settings

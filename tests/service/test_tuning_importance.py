@@ -13,9 +13,9 @@ from optuna.distributions import FloatDistribution
 
 from service.executor.base import Job, JobFn
 from service.executor.inline import InlineExecutor
+from service.read.model import IMPORTANCE_MIN_TRIALS, importance
+from service.read.model import study as read_study
 from service.tuning.contracts import InnerJob, InnerResult
-from service.tuning.read import IMPORTANCE_MIN_TRIALS, importance
-from service.tuning.read import study as read_study
 from service.tuning.spec import parse_spec
 from service.tuning.study import Timing, run_study
 

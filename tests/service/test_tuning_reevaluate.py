@@ -22,16 +22,16 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from service.api.app import create_app
+from service.app import create_app
 from service.cli import app as cli_app
 from service.dashboard.routes import router
 from service.executor import InlineExecutor
 from service.executor.base import Executor, Job, JobFn, Outcome
+from service.read import model as read
+from service.read.model import reevaluation
 from service.settings import Settings
-from service.tuning import read
 from service.tuning.contracts import InnerResult, TrialRecord
 from service.tuning.objective import CURVE_KEY, objective_value
-from service.tuning.read import reevaluation
 from service.tuning.reevaluate import RaceSize, ReevaluationError, fresh_seed, reevaluate
 from service.tuning.spec import StudySpec, parse_spec
 from service.tuning.study import Timing, run_study

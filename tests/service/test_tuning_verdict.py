@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 import pytest
 from scipy import stats
 
-from service.api.schemas import Arm, ReevaluatedArm, Reevaluation
+from service.read.schemas import Arm, ReevaluatedArm, Reevaluation
+from service.read.verdicts import gain, sentence
 from service.tuning.pairing import pool
-from service.tuning.verdict import decide, estimate, gain, race_level, seeds_to_decide, sentence
+from service.tuning.verdict import decide, estimate, race_level, seeds_to_decide
 
 
 def test_the_interval_is_students_t_over_the_seeds() -> None:

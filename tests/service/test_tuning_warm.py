@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from service.executor import InlineExecutor
+from service.read.model import study as read_study
 from service.store import studies as store
 from service.tuning.contracts import TrialRecord
-from service.tuning.read import study as read_study
 from service.tuning.spec import SpecError, StudySpec, parse_spec
 from service.tuning.study import Timing, run_study
 from service.tuning.warm import check_warm_start

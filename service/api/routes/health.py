@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Request
 
 from service.api.deps import StorageDep
-from service.api.schemas import Health
+from service.read.schemas import Health
 from service.store.db import ping
 
 router = APIRouter(tags=["health"])

@@ -3,7 +3,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, status
 
 from service.api.deps import SpecDep, StorageDep, require_read, require_write
-from service.api.schemas import (
+from service.auth import OWNER_PATTERN
+from service.read import model as read
+from service.read.schemas import (
     ArtifactsPublic,
     ErrorMessage,
     SpecRejected,
@@ -16,9 +18,7 @@ from service.api.schemas import (
     TrialPublic,
     TrialsPublic,
 )
-from service.auth import OWNER_PATTERN
 from service.store import studies as store
-from service.tuning import read
 from service.tuning.spec import NAME_PATTERN
 
 Owner = Annotated[
@@ -81,7 +81,8 @@ def create_study(
     """Queue a study. The body is a study spec (the schema `shapetune schema` prints); model
     directories and prompt files must lie under the server's allowed folders, sizes within
     its limits, and `storage` is the server's own."""
-    return read.submit(url, spec, owner)
+    record = store.create_study(url, spec.name, spec.stored(), owner)  # queued for the coordinator
+    return read.queued(url, record)
 
 
 @router.get("", dependencies=[Depends(require_read)])

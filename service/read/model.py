@@ -1,5 +1,5 @@
 """The one read model of a study: every function returns the API's schemas
-(`service.api.schemas`), and the API, the dashboard and the CLI (locally, or through the API
+(`service.read.schemas`), and the API, the dashboard and the CLI (locally, or through the API
 with `--url`) all render those, so a study looks the same everywhere.
 
 Trials are read through one long-lived Optuna study per process (`study_trials`): Optuna
@@ -18,7 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from service.api.schemas import (
+from service.read import verdicts
+from service.read.schemas import (
     Arm,
     Artifact,
     ArtifactsPublic,
@@ -35,7 +36,7 @@ from service.store import studies as store
 from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel, StudyStatus
 from service.tuning import verdict
-from service.tuning.contracts import TrialRecord, own_complete, sparse_arm
+from service.tuning.contracts import REEVALUATION, TrialRecord, own_complete, sparse_arm
 from service.tuning.objective import (
     CURVE_KEY,
     direction,
@@ -46,11 +47,8 @@ from service.tuning.objective import (
     primary,
 )
 from service.tuning.pairing import Pooled, differences, paired, pool
-from service.tuning.spec import StudySpec
 from service.tuning.storage import open_storage
 
-REEVALUATION = "reevaluation"
-"""The study user attribute that keeps the latest re-evaluation of the incumbent."""
 IMPORTANCE_MIN_TRIALS = 10
 """Completed trials before parameter importance is shown."""
 MAX_CURVE_POINTS = 100
@@ -61,9 +59,8 @@ class TrialNotFound(store.StoreError):
     pass
 
 
-def submit(url: str, spec: StudySpec, owner: str) -> StudySummary:
-    """Record a study as queued (the coordinator picks it up)."""
-    record = store.create_study(url, spec.name, spec.stored(), owner)
+def queued(url: str, record: StudyModel) -> StudySummary:
+    """A study just recorded (`store.create_study`): no trial yet."""
     return _summary(url, record, [], None, None)
 
 
@@ -99,7 +96,7 @@ def study(url: str, name: str) -> StudyPublic:
         failed=states.count(TrialState.FAIL.name),
         best=best_arm,
         sparse=sparse_arm,
-        gain=verdict.gain(best_arm, sparse_arm, pooled) if best_arm and sparse_arm else None,
+        gain=verdicts.gain(best_arm, sparse_arm, pooled) if best_arm and sparse_arm else None,
         control_arms=[_arm(t) for t in trials if TrialRecord.from_trial(t).label],
         pareto_front=_front(record, trials),
         importance=_cached_importance(url, record, trials),
@@ -178,7 +175,7 @@ def reevaluation(url: str, name: str) -> Reevaluation | None:
         parsed.difference = verdict.estimate(parsed.difference.values)
         decision = verdict.decide(parsed.difference, 0.0, direction(parsed.objective))
         parsed.outcome, parsed.more_seeds = decision.outcome, decision.more_seeds
-    parsed.verdict = verdict.sentence(parsed, direction(parsed.objective))
+    parsed.verdict = verdicts.sentence(parsed, direction(parsed.objective))
     return parsed
 
 

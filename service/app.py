@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from service.api.deps import SpecRejectedError
 from service.api.routes import api_router
 from service.dashboard.routes import router as dashboard_router
+from service.read.model import TrialNotFound
 from service.settings import Settings
 from service.store import studies as store
-from service.tuning.read import TrialNotFound
 from service.tuning.spec import StudySpec
 
 log = logging.getLogger(__name__)

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel
 
+from service.public import Public
 from service.store.models import StudyStatus
+from service.tuning.verdict import Estimate
 
 Status = StudyStatus
 """A study's status (`service.store.models.StudyStatus`; an enum in the OpenAPI document)."""
@@ -21,27 +22,7 @@ UtcTime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.repl
 LocalTime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.astimezone())]
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities as null: JSON has no such numbers (a single seed has no s.e.)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-class _Public(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nan(cls, data: Any) -> Any:
-        return _finite(data) if isinstance(data, dict) else data
-
-
-class StudySummary(_Public):
+class StudySummary(Public):
     name: str
     status: Status
     owner: str
@@ -65,13 +46,13 @@ class StudySummary(_Public):
     updated_at: UtcTime
 
 
-class StudiesPublic(_Public):
+class StudiesPublic(Public):
     data: list[StudySummary]
     count: int
     """Studies matching the filter, on every page."""
 
 
-class Arm(_Public):
+class Arm(Public):
     """A trial as a point of comparison: a control arm, or the incumbent."""
 
     trial: int
@@ -84,19 +65,6 @@ class Arm(_Public):
     """Standard error of that mean (null with one seed)."""
     seed_values: list[float | None]
     state: str
-
-
-class Estimate(_Public):
-    values: list[float | None]
-    """One per seed."""
-    mean: float | None
-    stderr: float | None
-    low: float | None = None
-    high: float | None = None
-    """The 95 % confidence interval of the mean (Student's t; null below 2 seeds)."""
-    pooled_dof: int | None = None
-    """Set when the values were too few for their own spread (under 3): the interval's
-    spread is pooled over the study's paired differences, with these degrees of freedom."""
 
 
 class ReevaluatedArm(Estimate):
@@ -116,7 +84,7 @@ class ReevaluatedArm(Estimate):
     level (null for the baseline itself)."""
 
 
-class Reevaluation(_Public):
+class Reevaluation(Public):
     """The best shapes raced against pure sparse on seeds no trial used, in rounds, paired by
     seed (`shapetune reevaluate NAME`): estimates free of the luck that picked them."""
 
@@ -172,7 +140,7 @@ class StudyPublic(StudySummary):
     """The latest re-evaluation on fresh seeds, if one was run."""
 
 
-class TrialSummary(_Public):
+class TrialSummary(Public):
     number: int
     state: str
     label: str
@@ -207,7 +175,7 @@ class TrialSummary(_Public):
     """Wall time from start to finish (null while it runs)."""
 
 
-class Placement(_Public):
+class Placement(Public):
     """Where one inner run of a trial ran."""
 
     seed_index: int
@@ -221,12 +189,12 @@ class Placement(_Public):
     goes on from there (0: it started afresh)."""
 
 
-class TrialsPublic(_Public):
+class TrialsPublic(Public):
     data: list[TrialSummary]
     count: int
 
 
-class StudyCurves(_Public):
+class StudyCurves(Public):
     """What plots of a whole study need, per trial number."""
 
     params: dict[int, dict[str, Any]]
@@ -235,7 +203,7 @@ class StudyCurves(_Public):
     """(step, held-out RM reward, mean over seeds), at most 100 points per trial."""
 
 
-class MethodCredits(_Public):
+class MethodCredits(Public):
     method: str
     weight: float
     """The method's weight in the trial's mix (0 for a method it did not use)."""
@@ -248,7 +216,7 @@ class MethodCredits(_Public):
     """R - sum(credits): the prompt-only part of the score the method leaves out."""
 
 
-class SampleCredits(_Public):
+class SampleCredits(Public):
     """A sample response and its per-token credits under each method and the trial's mix."""
 
     prompt: str
@@ -262,7 +230,7 @@ class SampleCredits(_Public):
     """sum_k weight_k * credits_k per token: the reward the trial trained with, before KL."""
 
 
-class Artifact(_Public):
+class Artifact(Public):
     """A file an inner run left on its worker."""
 
     trial_number: int
@@ -278,7 +246,7 @@ class Artifact(_Public):
     created_at: UtcTime
 
 
-class ArtifactsPublic(_Public):
+class ArtifactsPublic(Public):
     data: list[Artifact]
     count: int
 
@@ -306,13 +274,13 @@ class TrialPublic(TrialSummary):
     """Where each of its inner runs ran."""
 
 
-class StudyAction(_Public):
+class StudyAction(Public):
     name: str
     status: Status
     """The study's status after the request."""
 
 
-class Health(_Public):
+class Health(Public):
     """Open to anyone who can connect, so it names nothing: no database, host or study."""
 
     status: Literal["ok"]
