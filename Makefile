@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Every other package at the version the tests passed with (`make lock` refreshes it).
 LOCK   := constraints.txt
 
-.PHONY: setup demo test test-verl lint lock lock-verl bench-prepare clean
+.PHONY: setup demo test test-fast test-verl lint lock lock-verl bench-prepare clean
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 	$(MAKE) test-verl
+
+# While developing: the suite less its whole-study runs (marked e2e: Ray, killed workers and
+# services, two nodes) and the PostgreSQL copies of the storage tests. `make test` runs all.
+test-fast: lint
+	$(BIN)/pytest -m "not slow and not gpu and not e2e" -k "not postgresql"
 
 # The verl export's tests, against the real verl in an environment of its own: verl's
 # transformers range is not the main lock's.

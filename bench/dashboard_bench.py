@@ -68,9 +68,9 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
 
     from service.store import studies as store
     from service.store.artifacts import record_artifacts
+    from service.tuning.optuna_storage import open_storage
     from service.tuning.space import control_arms, weights_from_params
     from service.tuning.spec import parse_spec
-    from service.tuning.storage import open_storage
 
     rng = random.Random(seed)
     spec = parse_spec(

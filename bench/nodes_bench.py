@@ -43,8 +43,8 @@ def one(nodes: int) -> dict[str, float]:
     from ray.cluster_utils import Cluster
 
     from service.tuning.admission import admit_executor
+    from service.tuning.loop import run_study
     from service.tuning.spec import parse_spec
-    from service.tuning.study import run_study
 
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})

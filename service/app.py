@@ -50,8 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     from service.tuning.coordinator import Coordinator, CoordinatorConfig
-    from service.tuning.storage import create_tables
-    from service.tuning.study import Timing
+    from service.tuning.loop import Timing
+    from service.tuning.optuna_storage import create_tables
 
     settings: Settings = app.state.settings
     url = settings.storage_url()

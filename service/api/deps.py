@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.admission import admit
+from service.api.limits import admit
 from service.auth import SESSION_COOKIE, Role, reads_open, session_reads, token_role
 from service.settings import Settings
 from service.tuning.spec import SpecError, StudySpec
@@ -76,7 +76,7 @@ class SpecRejectedError(Exception):
 
 
 async def submitted_spec(request: Request, settings: SettingsDep) -> StudySpec:
-    """The request body as a spec this server accepts (see `service.api.admission`)."""
+    """The request body as a spec this server accepts (see `service.api.limits`)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk

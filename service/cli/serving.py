@@ -134,7 +134,7 @@ def dashboard(
     from optuna_dashboard import run_server
 
     from service.store.db import StoreError
-    from service.tuning.storage import open_storage
+    from service.tuning.optuna_storage import open_storage
 
     database = existing_storage(storage, resolve_home(home))
     try:

@@ -297,8 +297,8 @@ def _drive(
     from service.store.models import StudyStatus
     from service.store.studies import StoreError, StudyExists, get_study
     from service.tuning.admission import admit_executor, check_runnable, check_warm_start_here
+    from service.tuning.loop import StudyBusy, run_study
     from service.tuning.spec import SpecError, same_study
-    from service.tuning.study import StudyBusy, run_study
 
     setup_logging(verbose=False)
     database = resolve_storage(storage, home)

@@ -46,8 +46,8 @@ from service.tuning.objective import (
     pareto_front,
     primary,
 )
+from service.tuning.optuna_storage import open_storage
 from service.tuning.pairing import Pooled, differences, paired, pool
-from service.tuning.storage import open_storage
 
 IMPORTANCE_MIN_TRIALS = 10
 """Completed trials before parameter importance is shown."""

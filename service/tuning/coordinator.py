@@ -24,9 +24,9 @@ from service.store import studies as store
 from service.store.db import TRANSIENT, is_transient
 from service.store.models import StudyStatus
 from service.tuning.admission import admit_executor, check_runnable, check_warm_start_here
+from service.tuning.loop import LeaseLost, StudyBusy, Timing, run_study
 from service.tuning.spec import SpecError, parse_spec
 from service.tuning.specfile import cut
-from service.tuning.study import LeaseLost, StudyBusy, Timing, run_study
 
 log = logging.getLogger(__name__)
 

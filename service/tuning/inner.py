@@ -26,8 +26,8 @@ from service.store.studies import get_study
 from service.tuning.contracts import ArtifactFile, InnerJob, InnerResult, PrunerConfig, TrialRecord
 from service.tuning.credits import credit_samples
 from service.tuning.objective import CURVE_KEY, objective_value
+from service.tuning.optuna_storage import open_storage
 from service.tuning.pruning import judge, open_judged_study
-from service.tuning.storage import open_storage
 from trainers.checkpoint import CHECKPOINT, RESULT
 from trainers.config import TrainConfig
 from trainers.ppo import Hooks, train

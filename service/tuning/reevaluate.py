@@ -45,11 +45,11 @@ from service.tuning.contracts import (
 )
 from service.tuning.contracts import own_complete as own_completed
 from service.tuning.inner import run_inner
+from service.tuning.loop import run_key, stderr
 from service.tuning.objective import CURVE_KEY, direction, is_feasible, primary
+from service.tuning.optuna_storage import opened_storage
 from service.tuning.pairing import paired
 from service.tuning.spec import StudySpec
-from service.tuning.storage import opened_storage
-from service.tuning.study import run_key, stderr
 
 FRESH_SEEDS = 10_000
 """Fresh seeds start here (a study's own seeds are its seed and the few after it)..."""

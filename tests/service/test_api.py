@@ -566,6 +566,7 @@ def serve_process(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.P
         process.wait(30)
 
 
+@pytest.mark.e2e
 def test_a_killed_service_resumes_its_study_on_restart(tmp_path: Path) -> None:
     """kill -9 mid-study, start again: the new coordinator takes the study over once the
     dead one's lease lapses, and it ends with exactly its budget of completed trials."""
@@ -620,6 +621,7 @@ def test_a_killed_service_resumes_its_study_on_restart(tmp_path: Path) -> None:
 # --- fuzzing ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_api_never_answers_5xx(idle_api: Api, mode: GenerationMode) -> None:
     """Every operation of the OpenAPI document, with data that fits its schema (positive)

@@ -25,8 +25,8 @@ from service.executor import InlineExecutor
 from service.read import model as read
 from service.settings import Settings
 from service.store import studies as store
+from service.tuning.loop import run_study
 from service.tuning.spec import parse_spec
-from service.tuning.study import run_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

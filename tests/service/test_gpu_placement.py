@@ -27,7 +27,7 @@ ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
          log_to_driver=False, configure_logging=False)
 from service.tuning.admission import admit_executor
 from service.tuning.spec import parse_spec
-from service.tuning.study import run_study
+from service.tuning.loop import run_study
 
 spec = parse_spec(json.loads(sys.argv[1]))
 home = Path(sys.argv[2])
@@ -37,6 +37,7 @@ run_study(spec, f"sqlite:///{home / 'studies.db'}", home, executor)
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: runs would train")
 def test_two_runs_share_two_logical_gpus_and_say_there_is_no_cuda(tmp_path: Path) -> None:
     spec: dict[str, Any] = {

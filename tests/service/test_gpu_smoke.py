@@ -14,6 +14,7 @@ from trainers.tasks.imdb.prepare import Prepared
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_smoke.py"
 
 
+@pytest.mark.e2e
 def test_the_cpu_path_measures_all_three(
     tiny_home: Path,
     tiny_prepared: Prepared,

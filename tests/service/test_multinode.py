@@ -47,6 +47,7 @@ def two_nodes() -> Iterator[tuple[dict[str, Any], subprocess.Popen[str]]]:
                 process.kill()
 
 
+@pytest.mark.e2e
 def test_a_study_survives_losing_a_node(
     two_nodes: tuple[dict[str, Any], subprocess.Popen[str]],
     pg_databases: Callable[[], str],

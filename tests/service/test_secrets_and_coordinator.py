@@ -22,7 +22,7 @@ from service.redaction import safe_url
 from service.settings import Settings
 from service.store import studies as store
 from service.tuning.coordinator import Backoff, Coordinator, CoordinatorConfig
-from service.tuning.study import Timing
+from service.tuning.loop import Timing
 
 runner = CliRunner()
 PASSWORD = "hunter2-Secret"

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, text
 from service.store.db import VERSION_TABLE, alembic_config, get_engine, include_name
 from service.store.models import Base
 from service.store.studies import create_study, get_study
-from service.tuning.storage import open_storage
+from service.tuning.optuna_storage import open_storage
 
 HEAD = "0003"
 

@@ -26,9 +26,9 @@ from sqlalchemy import update
 from service.store import studies as store
 from service.store.db import session_scope
 from service.store.models import LeaseModel
+from service.tuning.loop import Progress, Timing, run_study
+from service.tuning.optuna_storage import open_storage
 from service.tuning.spec import parse_spec
-from service.tuning.storage import open_storage
-from service.tuning.study import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 Spec = Callable[..., dict[str, Any]]
@@ -64,6 +64,7 @@ def _signature(t: FrozenTrial) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(t.params.items()))
 
 
+@pytest.mark.e2e
 def test_resume_finishes_a_study_whose_coordinator_was_killed(
     storage_url: str, tmp_path: Path, make_spec: Spec, shapetune_bin: str
 ) -> None:
@@ -176,6 +177,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_killed_worker_is_retried_and_the_trial_completes(
     storage_url: str, tmp_path: Path, make_spec: Spec
@@ -224,6 +226,7 @@ def test_a_killed_worker_is_retried_and_the_trial_completes(
     ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
     indirect=True,
 )
+@pytest.mark.e2e
 def test_four_ray_workers_write_to_one_study(
     storage_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
@@ -261,7 +264,7 @@ WORKER = """
 import sys, threading, time
 import optuna
 from service.store import studies as store
-from service.tuning.storage import open_storage
+from service.tuning.optuna_storage import open_storage
 
 url, name, index, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 storage = open_storage(url, heartbeat_s=1, grace_s=600)

@@ -22,9 +22,9 @@ from service.executor.base import Job, JobFn, Outcome
 from service.store import studies as store
 from service.tuning import inner
 from service.tuning.contracts import PrunerConfig, TrialRecord
+from service.tuning.loop import Progress, Timing, run_study
 from service.tuning.pruning import judge, make_pruner, pruner_config
 from service.tuning.spec import StudySpec, parse_spec
-from service.tuning.study import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 STEPS = 6
@@ -62,6 +62,7 @@ def test_the_pruner_config_is_derived_from_the_inner_run(make_spec: Spec) -> Non
     assert pruner_config(parse_spec(make_spec())) is None  # pruner: none
 
 
+@pytest.mark.e2e
 def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budget(
     storage_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
@@ -103,6 +104,7 @@ def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budg
     _check_successive_halving(spec, storage_url, found)
 
 
+@pytest.mark.e2e
 def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_before(
     storage_url: str, tmp_path: Path, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,6 +192,7 @@ def _check_successive_halving(
     return judged
 
 
+@pytest.mark.e2e
 def test_status_and_the_study_page_show_pruned_trials_and_their_steps(
     tmp_path: Path, make_spec: Spec
 ) -> None:
@@ -229,6 +232,7 @@ def test_status_and_the_study_page_show_pruned_trials_and_their_steps(
         assert f'<td class="num">{STEPS}, {t.user_attrs["pruned_at"]}</td>' in page
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("ray_cluster")
 def test_on_ray_the_workers_judge_each_trial_on_its_seed_mean(
     tmp_path: Path, make_spec: Spec
@@ -313,6 +317,7 @@ class LockstepExecutor(InlineExecutor):
             thread.join()
 
 
+@pytest.mark.e2e
 def test_a_pruned_trial_stops_its_seeds_running_beside_it(
     tmp_path: Path, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,8 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor.base import Job, JobFn
 from service.executor.inline import InlineExecutor
 from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord
+from service.tuning.loop import Timing, run_study
 from service.tuning.spec import SpecError, parse_spec
-from service.tuning.study import Timing, run_study
 
 try:
     import torch

@@ -31,10 +31,10 @@ from service.read import model as read
 from service.read.model import reevaluation
 from service.settings import Settings
 from service.tuning.contracts import InnerResult, TrialRecord
+from service.tuning.loop import Timing, run_study
 from service.tuning.objective import CURVE_KEY, objective_value
 from service.tuning.reevaluate import RaceSize, ReevaluationError, fresh_seed, reevaluate
 from service.tuning.spec import StudySpec, parse_spec
-from service.tuning.study import Timing, run_study
 from trainers.ppo import train
 from trainers.tasks import make_task
 
@@ -278,6 +278,7 @@ def _shape(value: float, **extra: Any) -> dict[str, Any]:
     return {"weights": {"sparse": 0.5, "uniform": 0.0, "red": 0.5}, "value": value, **extra}
 
 
+@pytest.mark.e2e
 def test_a_and_a_races_rarely_say_beats_or_loses(
     tmp_path: Path, make_spec: Callable[..., dict[str, Any]]
 ) -> None:

@@ -19,8 +19,8 @@ from service.executor.base import Executor, Job, JobFn, Outcome
 from service.store import studies as store
 from service.tuning import inner, space
 from service.tuning.contracts import InnerJob, InnerResult
+from service.tuning.loop import Progress, Timing, run_study
 from service.tuning.spec import StudySpec, parse_spec
-from service.tuning.study import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 TINY_INNER_PRUNED = {
@@ -287,6 +287,7 @@ def test_status_json_reports_the_study(tmp_path: Path, make_spec: Spec) -> None:
     assert values[report["best"]["trial"]] == max(values.values())
 
 
+@pytest.mark.e2e
 def test_the_median_pruner_stops_trials_behind_the_median_and_the_budget_still_completes(
     tmp_path: Path, make_spec: Spec
 ) -> None:

@@ -1,4 +1,5 @@
-"""The coordinator: one process drives a study to its budget with Optuna's ask-and-tell.
+"""The study loop: one process (a coordinator) drives a study to its budget with Optuna's
+ask-and-tell.
 
 Optuna's RDB storage holds every trial (params, values, states, per-seed results in user
 attributes); the coordinator holds only what is in flight. It owns the study through a
@@ -51,10 +52,10 @@ from service.tuning.objective import (
     objective_value,
     primary,
 )
+from service.tuning.optuna_storage import opened_storage
 from service.tuning.pruning import pruner_config
 from service.tuning.samplers import make_sampler
 from service.tuning.spec import StudySpec, same_study
-from service.tuning.storage import opened_storage
 from service.tuning.warm import check_warm_start, warm_copies
 
 log = logging.getLogger(__name__)
