@@ -159,8 +159,7 @@ class TrialRecord:
     @classmethod
     def from_attrs(cls, user_attrs: dict[str, Any]) -> TrialRecord:
         """The record of a trial's user attributes (a live `optuna.Trial`'s too)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in user_attrs.items() if k in known})
+        return cls(**{k: v for k, v in user_attrs.items() if k in _RECORD_FIELDS})
 
     @staticmethod
     def progress_key(seed_index: int) -> str:
@@ -176,14 +175,16 @@ class TrialRecord:
         return [{int(step): float(v) for step, v in seed.items()} for seed in kept]
 
 
+_RECORD_FIELDS = frozenset(f.name for f in fields(TrialRecord))
+WARM = "warm_start"
+"""`TrialRecord.warm_start`'s attribute (tests/service/test_tuning_warm.py reads it back)."""
+
+
 def own_complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The completed trials this study measured (reused control arms included): what counts
     toward its budget and may be its incumbent. Warm-start copies only seed the sampler."""
-    return [
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE and not TrialRecord.from_trial(t).warm_start
-    ]
+    # One attribute read, not a whole record: every page asks this of every trial.
+    return [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(WARM)]
 
 
 def placement(result: InnerResult) -> dict[str, Any]:
