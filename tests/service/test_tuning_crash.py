@@ -230,23 +230,25 @@ def test_a_killed_worker_is_retried_and_the_trial_completes(
 def test_four_ray_workers_write_to_one_study(
     storage_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
+    import ray
+
     from service.executor.ray_executor import RayExecutor
 
-    in_flight: list[int] = []
+    gate = _gate_class().remote(4)
 
-    class CountingRayExecutor(RayExecutor):
-        """Records how many runs were in flight on Ray after each submission: what the
-        study loop did, whatever the speed of the machine that ran them."""
+    class GatedRayExecutor(RayExecutor):
+        """Holds the study's first four runs on their Ray workers until all four are there:
+        four in flight at once, however fast the machine (an unheld tiny run can end before
+        the loop hands Ray the next)."""
 
         def submit(self, fn: Any, job: Any) -> None:
-            super().submit(fn, job)
-            in_flight.append(self.running())
+            super().submit(_gated(fn, gate), job)
 
     budget = 8
     spec = parse_spec(
         make_spec(budget=budget, seeds=1, executor="ray", resources={"cpus": 0.5, "workers": 4})
     )
-    executor = CountingRayExecutor(cpus=0.5, workers=4)
+    executor = GatedRayExecutor(cpus=0.5, workers=4)
     assert executor.slots == 4
     with _study_in_thread(spec, storage_url, tmp_path, executor, timing=FAST) as out:
         pass
@@ -254,9 +256,8 @@ def test_four_ray_workers_write_to_one_study(
     final = _trials(open_storage(storage_url), spec.name)
     assert [t.state for t in final] == [TrialState.COMPLETE] * budget
     assert max(Counter(_signature(t) for t in final).values()) == 1
-    # Four runs were handed to Ray at once, and every trial's result came from a Ray worker
-    # (whether they overlapped in time depends on the machine's speed, so it is not asserted).
-    assert max(in_flight) == 4
+    # Four runs were on Ray workers at once, and every trial's result came from a Ray worker.
+    assert ray.get(gate.peak.remote()) == 4
     assert all(p["node"] for t in final for p in t.user_attrs["placements"])
 
 
@@ -323,3 +324,47 @@ def test_four_processes_heartbeat_and_tell_on_one_study_without_lock_errors(
     assert all(t.state == TrialState.COMPLETE for t in final)
     assert Counter(t.user_attrs["worker"] for t in final) == dict.fromkeys(range(4), per_worker)
     assert sorted(t.number for t in final) == list(range(4 * per_worker))
+
+
+def _gated(fn: Any, gate: Any) -> Any:
+    """`fn` that first waits, on its Ray worker, until `gate` opens."""
+    import ray
+
+    def run(job: Any) -> Any:
+        gate.arrive.remote()
+        deadline = time.monotonic() + 120  # a loop that never fills the workers fails below
+        while not ray.get(gate.open.remote()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            return fn(job)
+        finally:
+            gate.leave.remote()
+
+    return run
+
+
+def _gate_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        """Counts the runs on Ray workers; opens once `n` have arrived, then stays open."""
+
+        def __init__(self, n: int) -> None:
+            self.n, self.arrived, self.inside, self.most = n, 0, 0, 0
+
+        def arrive(self) -> None:
+            self.arrived += 1
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+
+        def leave(self) -> None:
+            self.inside -= 1
+
+        def open(self) -> bool:
+            return self.arrived >= self.n
+
+        def peak(self) -> int:
+            return self.most
+
+    return Gate
