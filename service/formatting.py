@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 MISSING = "-"
 
@@ -65,10 +66,17 @@ def weight_row(
 
 def paired_interval(difference: object, *, missing: str = MISSING) -> str:
     """`+0.0333 [-0.0123, +0.0790]`: a paired difference's mean and its interval (anything
-    with `mean`, `low` and `high`); `missing` for none."""
-    mean = getattr(difference, "mean", None)
+    with `mean`, `low` and `high`, or a mapping of them: the dashboard's pages get the read
+    model dumped to dicts); `missing` for none."""
+
+    def field(name: str) -> Any:
+        if isinstance(difference, Mapping):
+            return difference.get(name)
+        return getattr(difference, name, None)
+
+    mean = field("mean")
     if mean is None:
         return missing
-    low, high = getattr(difference, "low", None), getattr(difference, "high", None)
+    low, high = field("low"), field("high")
     shown = number(mean, signed=True, missing=missing)
     return shown if low is None else f"{shown} {interval(low, high, missing=missing)}"

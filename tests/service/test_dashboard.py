@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service import formatting
 from service.dashboard import figures
 from service.dashboard.routes import PLOTLY, _study_view, router
 from service.executor import InlineExecutor
@@ -149,6 +150,8 @@ def test_the_study_plots_read_for_a_user(finished: tuple[Settings, str]) -> None
     assert rows[0].versus_sparse is None
     page = TestClient(_app(settings)).get(f"/studies/{name}").text
     assert "minus sparse, paired (95 % CI)" in page and "borrows the spread" in page
+    for number in (1, 2, 3):  # the page shows each interval (it once showed "–*" for all)
+        assert formatting.paired_interval(rows[number].versus_sparse) + "*" in page
 
     study = read.study(url, name)
     assert study.best and study.sparse and study.best.trial != study.sparse.trial
