@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -88,8 +89,9 @@ def export_verl(
             shape = replace(shape, reward_model=rm)
         (staging / "shape.json").write_text(shape.to_json(relative_to=out))
         (staging / MODULE).write_text(_module(shape))
-        (staging / "verl_config.yaml").write_text(_config(shape, out, estimator))
-        (staging / "README.md").write_text(_readme(shape, out, estimator))
+        settings = _settings(shape, out, estimator)
+        (staging / "verl_config.yaml").write_text(_config(settings))
+        (staging / "README.md").write_text(_readme(shape, settings))
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -151,9 +153,10 @@ def compute_score(**kwargs):
 '''
 
 
-def _config(shape: PortableShape, out: Path, estimator: str) -> str:
+def _settings(shape: PortableShape, out: Path, estimator: str) -> dict[str, Any]:
+    """The part of verl's config that routes rewards through the manager."""
     module = str(out / MODULE)
-    config = {
+    return {
         "algorithm": {"adv_estimator": estimator},
         "reward": {
             "reward_manager": {
@@ -169,16 +172,33 @@ def _config(shape: PortableShape, out: Path, estimator: str) -> str:
             },
         },
     }
+
+
+def _config(settings: dict[str, Any]) -> str:
     head = (
         "# The part of verl's PPO config (0.9.1) that routes rewards through shapetune's\n"
         "# manager; merge it into yours or pass it as overrides (README.md).\n"
     )
-    return head + yaml.safe_dump(config, sort_keys=False)
+    return head + yaml.safe_dump(settings, sort_keys=False)
 
 
-def _readme(shape: PortableShape, out: Path, estimator: str) -> str:
+def _overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    """The same settings as Hydra's command-line overrides, `a.b.c=value`."""
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            lines += _overrides(value, f"{prefix}{key}.")
+        else:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            lines.append(f"{prefix}{key}={shown}")
+    return lines
+
+
+def _readme(shape: PortableShape, settings: dict[str, Any]) -> str:
     origin, cfg = shape.origin, shape.shaping
     verdict = f"\n{origin.verdict}\n" if origin.verdict else ""
+    overrides = [*_overrides(settings), "reward.reward_model.rollout.name=vllm"]
+    command = "".join(f"    {line} \\\n" for line in overrides)
     return f"""# A shape tuned by shapetune, for verl
 
 Study `{origin.study}`, trial {origin.trial} (task `{origin.task}`, objective
@@ -195,17 +215,7 @@ installs verl beside it) and this folder at the same path on every node. Train w
 
 ```
 python -m verl.trainer.main_ppo \\
-    algorithm.adv_estimator={estimator} \\
-    reward.reward_manager.source=importlib \\
-    reward.reward_manager.name={REWARD_LOOP_CLASS} \\
-    reward.reward_manager.module.path={out / MODULE} \\
-    reward.custom_reward_function.path={out / MODULE} \\
-    reward.custom_reward_function.name=compute_score \\
-    reward.reward_model.enable=true \\
-    reward.reward_model.enable_resource_pool=false \\
-    reward.reward_model.model_path={shape.reward_model.model} \\
-    reward.reward_model.rollout.name=vllm \\
-    ...your data, actor, critic and trainer settings
+{command}    ...your data, actor, critic and trainer settings
 ```
 
 Why a reward model is enabled: verl 0.9.1 keeps per-token rewards only on its batch reward

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from shaping.reward_model import HasStates, HFRewardModel, NoStatesError, RewardModel
+from shaping.reward_model import HasStates, HFRewardModel, NoStatesError, RewardModel, in_dtype
 from shaping.scorer import RewardScorer
 from shaping.shaper import Shaper
-from trainers.config import ConfigError, PPOConfig, TrainConfig
+from trainers.config import ConfigError, PPOConfig, ShapingConfig, TrainConfig
 from trainers.tasks.base import Task
 
 
@@ -245,6 +247,31 @@ class DeviceRewardModel:
         if not isinstance(self.rm, HasStates):
             raise NoStatesError(self.rm)
         return self.rm.scores_and_states(ids.to(self.device), mask.to(self.device))
+
+
+def build_shaper(
+    rm: RewardModel,
+    shaping: ShapingConfig,
+    options: Mapping[str, Mapping[str, Any]],
+    policy_tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+) -> Shaper:
+    """The shaper over `rm` on `device` (its scorer is `shaper.scorer`): masked variants
+    scored by a bfloat16 copy when `shaping` asks, batches read in `policy_tokenizer`'s ids.
+    The inner run builds its shaper here, and so does a shape exported to another trainer."""
+    coalition_rm = None
+    if shaping.coalition_dtype == "bfloat16":
+        try:
+            coalition_rm = DeviceRewardModel(in_dtype(rm, torch.bfloat16), device)
+        except ValueError as e:
+            raise ConfigError(f"shaping.coalition_dtype: {e}") from e
+    scorer = RewardScorer(
+        DeviceRewardModel(rm, device),
+        rows_per_forward=shaping.rows_per_forward,
+        policy_tokenizer=policy_tokenizer,
+        coalition_rm=coalition_rm,
+    )
+    return Shaper(scorer, shaping.weights, options)
 
 
 @dataclass(kw_only=True)

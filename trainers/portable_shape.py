@@ -22,11 +22,9 @@ from transformers import (
 )
 
 from shaping.batch import RolloutBatch
-from shaping.reward_model import HFRewardModel, in_dtype
-from shaping.scorer import RewardScorer
-from shaping.shaper import Shaper
+from shaping.reward_model import HFRewardModel
 from trainers.config import ConfigError, ShapingConfig
-from trainers.models import DeviceRewardModel
+from trainers.models import build_shaper, resolve_device
 from trainers.tasks.base import RewardModelFiles
 
 SHAPE_FORMAT = 1
@@ -192,18 +190,10 @@ class ShapedRewards:
         policy_tokenizer: PreTrainedTokenizerBase,
         device: torch.device,
     ) -> None:
-        cfg = shape.shaping
-        coalition_rm = None
-        if cfg.coalition_dtype == "bfloat16":
-            coalition_rm = DeviceRewardModel(in_dtype(rm, torch.bfloat16), device)
-        self.shape = shape
-        self.scorer = RewardScorer(
-            DeviceRewardModel(rm, device),
-            rows_per_forward=cfg.rows_per_forward,
-            policy_tokenizer=policy_tokenizer,
-            coalition_rm=coalition_rm,
+        self.shaper = build_shaper(
+            rm, shape.shaping, shape.shaping.options, policy_tokenizer, device
         )
-        self.shaper = Shaper(self.scorer, cfg.weights, cfg.options)
+        self.scorer = self.shaper.scorer
         pad = policy_tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else policy_tokenizer.eos_token_id or 0)
 
@@ -212,11 +202,12 @@ class ShapedRewards:
         cls,
         path: Path,
         policy_tokenizer: PreTrainedTokenizerBase,
-        device: torch.device | str = "cpu",
+        device: str = "cpu",
     ) -> ShapedRewards:
+        """`device` as a run's config names it ("auto": CUDA where there is one)."""
         shape = PortableShape.load(path)
         return cls(
-            shape, load_reward_model(shape.reward_model), policy_tokenizer, torch.device(device)
+            shape, load_reward_model(shape.reward_model), policy_tokenizer, resolve_device(device)
         )
 
     def __call__(

@@ -35,15 +35,14 @@ import torch
 from transformers import GenerationConfig
 
 from shaping.batch import RolloutBatch
-from shaping.reward_model import in_dtype
-from shaping.scorer import NonFiniteRewardError, RewardScorer
+from shaping.scorer import NonFiniteRewardError
 from shaping.shaper import Shaper
 from trainers import checkpoint
 from trainers.config import ConfigError, TrainConfig
 from trainers.models import (
-    DeviceRewardModel,
     Run,
     Sequences,
+    build_shaper,
     disable_dropout,
     generation_config,
     make_value_model,
@@ -159,20 +158,13 @@ def build_run(config: TrainConfig, task: Task) -> Run:
     ref_policy.requires_grad_(False)
     params = [*policy.parameters(), *value.parameters()]
     optimizer = torch.optim.Adam(params, lr=config.ppo.lr, eps=1e-5)
-    loaded = task.load_reward_model()
-    coalition_rm = None
-    if config.shaping.coalition_dtype == "bfloat16":
-        try:
-            coalition_rm = DeviceRewardModel(in_dtype(loaded, torch.bfloat16), device)
-        except ValueError as e:
-            raise ConfigError(f"shaping.coalition_dtype: {e}") from e
-    scorer = RewardScorer(
-        DeviceRewardModel(loaded, device),
-        rows_per_forward=config.shaping.rows_per_forward,
-        policy_tokenizer=task.tokenizer,
-        coalition_rm=coalition_rm,
+    shaper = build_shaper(
+        task.load_reward_model(),
+        config.shaping,
+        config.method_options(),
+        task.tokenizer,
+        device,
     )
-    shaper = Shaper(scorer, config.shaping.weights, config.method_options())
     train_prompts, eval_prompts = _prompts(task)
     sampling, evaluation = _generation_configs(config, task)
     return Run(
@@ -183,7 +175,7 @@ def build_run(config: TrainConfig, task: Task) -> Run:
         ref_policy=ref_policy,
         value=value,
         optimizer=optimizer,
-        scorer=scorer,
+        scorer=shaper.scorer,
         shaper=shaper,
         sampling=sampling,
         evaluation=evaluation,

@@ -58,10 +58,6 @@ def check_reward_loop(config: Any) -> None:
         )
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _split(data: DataProto) -> tuple[torch.Tensor, ...]:
     """verl's padded batch as (prompt ids, prompt mask, response ids, response mask)."""
     prompts, responses = data.batch["prompts"], data.batch["responses"]
@@ -88,7 +84,7 @@ class ShapetuneRewardLoopManager(RewardManagerBase):
         if cls._class_initialized:
             return
         check_reward_loop(config)
-        cls._rewards = ShapedRewards.load(cls.shape_file, tokenizer, _device())
+        cls._rewards = ShapedRewards.load(cls.shape_file, tokenizer, "auto")
         cls._class_initialized = True
 
     async def run_single(self, data: DataProto) -> dict[str, Any]:
@@ -137,7 +133,7 @@ class ShapetuneLegacyRewardManager(AbstractRewardManager):
     ) -> None:
         cls = type(self)
         if cls._rewards is None:
-            cls._rewards = ShapedRewards.load(cls.shape_file, tokenizer, _device())
+            cls._rewards = ShapedRewards.load(cls.shape_file, tokenizer, "auto")
         self.rewards = cls._rewards
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> Any:
