@@ -1,32 +1,39 @@
-"""Issue 11's benchmark: amortized credit against its teacher on the built-in task.
+"""Amortized Shapley credit on the built-in task: what its explainer costs to train, how
+accurate its credits are for how many RM rows, and what a PPO step with it costs beside a
+sparse one.
 
     .venv/bin/python bench/amortized_bench.py --out bench/results/amortized.json
 
-Needs the built-in task prepared (`shapetune prepare`). For each `label_fraction` (default
-0.05, 0.1, 0.25), one PPO run with weights {amortized: 1} and teacher `shapley` at its
-defaults (tokens, 8 antithetic permutations) and `--error-ratio` (amortized.error_ratio), batch 32, responses of up to 24 tokens, 2 torch
-threads, 20 steps (the issue's setting). Per step, from the run's own reports: the shape
-phase's share of the step's training time (attribution), RM rows per response, whether the
-network was in use (fallback) and its error estimates.
+Needs the built-in task prepared (`shapetune prepare`). In order:
 
-Then the error against Shapley values: 16 held-out prompts, a 24-token response each sampled
-from the policy of the default run at its end (after warm-up). Reference: the mean of two
-independent runs of our sampler, `--reference-permutations` antithetic permutations each; half
-their difference estimates the reference's own error, reported with it. Credits compared:
-each run's network as it ended (frozen, as `explain --checkpoint` uses it; corrected to
-R - v(empty)), and the teacher at its default budget over 3 seeds. Error = mean over
-responses of ||phi - phi_ref|| / ||phi_ref||; rows = the scorer's RM rows per response.
+1. The explainer of the RM for `--length`-token responses (`trainers.explainer`): its build
+   figures (time, rows, fit), from this sitting or from the sitting that built it (its
+   stage record under $SHAPETUNE_HOME/explainers; `--rebuild` builds it again).
+2. bf16 on this CPU: the same masked rows scored by the RM in float32 and by its bf16 copy
+   (time), and token Shapley credits (leverage, 8 permutations, one seed) from each (their
+   relative L2 distance).
+3. Two PPO runs in one process, their steps alternated so that both see the same load:
+   `amortized` at its defaults (from the explainer) and `sparse`, same seed and critic
+   start, batch `--batch`, 2 torch threads. Step time: mean wall seconds of steps 2..N
+   (step 1 warms up). RM rows a response: attribution's rows in the amortized run's steps
+   (audits included), over its responses.
+4. Error at the start, middle and end of the amortized run: `--responses` held-out prompts,
+   one response each sampled from the run's policy then. Against exact Shapley values (all
+   coalitions) of the response cut to its first `--exact-tokens` tokens, and against a
+   high-budget reference (leverage, `--reference-permutations`) on the whole response.
+   Credits: the run's network as it is then, refined by 0, 1, 2, 4 or 8 coalition pairs a
+   response (1, 3, 5, 9, 17 rows). Error = mean over responses of |phi - ref| / |ref|.
+
 Writes JSON and a markdown table (.md) beside `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,230 +41,190 @@ from typing import Any
 import torch
 from common import machine
 
-from shaping.attribution import build_attributor
+from shaping.attribution.amortized import AmortizedAttributor
 from shaping.attribution.shapley import ShapleyAttributor
 from shaping.batch import RolloutBatch
+from shaping.explainer import relative_error
+from shaping.reward_model import HFRewardModel, in_dtype
 from shaping.scorer import RewardScorer
-from trainers.checkpoint import load
 from trainers.config import TrainConfig
-from trainers.ppo import Hooks, train
+from trainers.explainer import ensure_explainer, explainers_root
+from trainers.models import Run, sample
+from trainers.ppo import CostMeter, build_run, ppo_step
 from trainers.tasks import make_task
 
-LENGTH = 24
+PAIRS = (0, 1, 2, 4, 8)
 
 
-def run_config(fraction: float, steps: int, run_dir: Path, error_ratio: float) -> TrainConfig:
+def run_config(method: str, a: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(
         {
             "task": {"name": "imdb-sentiment"},
-            "shaping": {
-                "weights": {"amortized": 1.0},
-                "options": {"amortized": {"label_fraction": fraction, "error_ratio": error_ratio}},
+            "shaping": {"weights": {method: 1.0}},
+            "ppo": {
+                "rollout_batch": a.batch,
+                "minibatch": a.batch // 2,
+                "epochs": 2,
+                "response_length": a.length,
+                "critic_init": "reward_model",
             },
-            "ppo": {"rollout_batch": 32, "minibatch": 16, "epochs": 2, "response_length": LENGTH},
-            "steps": steps,
-            "eval_interval": steps,
-            "eval_prompts": 16,
+            "steps": a.steps,
+            "eval_interval": a.steps,
             "seed": 0,
+            "device": "cpu",
             "torch_threads": 2,
-            "run_dir": str(run_dir),
         }
     )
 
 
-def ppo_run(
-    task: Any, fraction: float, steps: int, run_dir: Path, error_ratio: float
-) -> dict[str, Any]:
-    """One run; per step: attribution share, rows per response, fallback, error estimates."""
-    per_step: list[dict[str, float]] = []
-    last: dict[str, float] = {}
+def held_out(run: Run, n: int, scorer: RewardScorer) -> RolloutBatch:
+    """One response sampled by the run's policy now for each of `n` held-out prompts,
+    scored by `scorer` (which keeps the states and prefix scores the network reads)."""
+    prompts = run.eval_prompts[:n]
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(1234)
+        responses = sample(run.policy, prompts, run.sampling, run.device).response_lists()
+    scores = scorer.score_responses(prompts, responses)
+    return RolloutBatch.from_lists(prompts, responses, scores.tolist(), pad_id=run.pad_id)
 
-    def report(step: int, m: dict[str, float]) -> None:
-        nonlocal last
-        if step > 0:
-            shape = m["cost/shape_seconds"] - last.get("cost/shape_seconds", 0.0)
-            evaluate = m.get("cost/evaluate_seconds", 0.0) - last.get("cost/evaluate_seconds", 0.0)
-            rows = m["cost/rm_rows"] - last.get("cost/rm_rows", 0.0)
-            per_step.append(
-                {
-                    "step": step,
-                    "train_seconds": m["cost/step_seconds"] - evaluate,
-                    "shape_seconds": shape,
-                    "rows_per_response": rows / 32,
-                    "fallback": m["shaping/amortized_fallback"],
-                    "error": m["shaping/amortized_error"],
-                    "teacher_error": m["shaping/amortized_teacher_error"],
-                }
-            )
-        last = m
 
-    started = time.perf_counter()
-    config = run_config(fraction, steps, run_dir, error_ratio)
-    result = train(config, task, Hooks(report=report))
-    warm = [s for s in per_step if s["fallback"] == 0.0]
+def cut(batch: RolloutBatch, tokens: int, scorer: RewardScorer) -> RolloutBatch:
+    prompts = [batch.prompt(i) for i in range(batch.size)]
+    responses = [batch.response(i)[:tokens] for i in range(batch.size)]
+    scores = scorer.score_responses(prompts, responses)
+    return RolloutBatch.from_lists(prompts, responses, scores.tolist(), pad_id=0)
+
+
+def errors(amortized: AmortizedAttributor, batch: RolloutBatch, truth: torch.Tensor) -> dict:
+    """Error against `truth` for each number of pairs, the network as it is."""
+    out = {}
+    for pairs in PAIRS:
+        probe = copy.deepcopy(amortized)  # its own generator and rows: the run's stay as they were
+        credits = probe.credit(probe.inputs(batch, pairs), batch.response_ids.shape[1])
+        out[str(pairs)] = statistics.fmean(
+            relative_error(credits[i, : batch.lengths[i]], truth[i, : batch.lengths[i]])
+            for i in range(batch.size)
+        )
+    return out
+
+
+def accuracy(run: Run, a: argparse.Namespace) -> dict[str, Any]:
+    amortized = run.shaper.attributors["amortized"]
+    assert isinstance(amortized, AmortizedAttributor)
+    scorer = amortized.scorer
+    batch = held_out(run, a.responses, scorer)
+    short = cut(batch, a.exact_tokens, scorer)
+    exact = ShapleyAttributor(scorer, max_exact_players=16).rm_credits(short)
+    reference = ShapleyAttributor(scorer, permutations=a.reference_permutations, seed=7).rm_credits(
+        batch
+    )
     return {
-        "label_fraction": fraction,
-        "wall_seconds": time.perf_counter() - started,
-        "per_step": per_step,
-        "warm_up_steps": next((s["step"] - 1 for s in per_step if not s["fallback"]), steps),
-        "share_whole_run": sum(s["shape_seconds"] for s in per_step)
-        / sum(s["train_seconds"] for s in per_step),
-        "share_after_warm_up": (
-            sum(s["shape_seconds"] for s in warm) / sum(s["train_seconds"] for s in warm)
-            if warm
-            else float("nan")
-        ),
-        "rows_whole_run": statistics.fmean(s["rows_per_response"] for s in per_step),
-        "rows_after_warm_up": (
-            statistics.fmean(s["rows_per_response"] for s in warm) if warm else float("nan")
-        ),
-        "final_rm": result.final["eval/rm_mean"],
+        "mean_tokens": float(batch.lengths.float().mean()),
+        "versus_exact": errors(amortized, short, exact),
+        "versus_reference": errors(amortized, batch, reference),
     }
 
 
-def fresh_responses(task: Any, run_dir: Path, n: int) -> tuple[list[list[int]], list[list[int]]]:
-    """n held-out prompts and a LENGTH-token response each from the run's final policy."""
-    policy = task.load_policy()
-    policy.load_state_dict(load(run_dir)["policy"])
-    prompts = task.prompts("eval")[:n]  # all the same length: no padding
-    torch.manual_seed(1)
-    with torch.no_grad():
-        out = policy.generate(
-            torch.tensor(prompts),
-            attention_mask=torch.ones(len(prompts), len(prompts[0]), dtype=torch.long),
-            do_sample=True,
-            top_k=0,
-            max_new_tokens=LENGTH,
-            min_new_tokens=LENGTH,
-            pad_token_id=task.tokenizer.pad_token_id,
-        )
-    return prompts, out[:, len(prompts[0]) :].tolist()
-
-
-def scored(rm: Any, prompts: list[list[int]], responses: list[list[int]]) -> RolloutBatch:
-    scores = RewardScorer(rm).score_responses(prompts, responses)
-    pad = rm.tokenizer.pad_token_id
-    return RolloutBatch.from_lists(prompts, responses, scores.tolist(), pad)
-
-
-def credits_of(attributor_for: Any, rm: Any, batch: RolloutBatch) -> tuple[torch.Tensor, float]:
-    """Credits of `batch` by the attributor `attributor_for(scorer)` builds, and its rows
-    per response (the scorer scored the batch first, as PPO does)."""
-    scorer = RewardScorer(rm)
-    attributor = attributor_for(scorer)  # first: it may ask the scorer to keep states
-    scorer.score_responses([batch.prompt(i) for i in range(batch.size)], batch_responses(batch))
-    before = scorer.stats.rows
-    credits = attributor.attribute(batch)
-    return credits, (scorer.stats.rows - before) / batch.size
-
-
-def batch_responses(batch: RolloutBatch) -> list[list[int]]:
-    return [batch.response(i) for i in range(batch.size)]
-
-
-def relative_error(credits: torch.Tensor, reference: torch.Tensor) -> float:
-    return float(((credits - reference).norm(dim=1) / reference.norm(dim=1)).mean())
-
-
-def trained_network(run_dir: Path, scorer: RewardScorer) -> Any:
-    saved = load(run_dir)
-    config = TrainConfig.from_dict(saved["config"])
-    amortized = build_attributor("amortized", scorer, config.method_options())
-    amortized.load_state(saved["attributors"]["amortized"])
-    amortized.freeze()
-    return amortized
+def bf16(task: Any, run: Run, a: argparse.Namespace) -> dict[str, float]:
+    rm = task.load_reward_model()
+    assert isinstance(rm, HFRewardModel)
+    full = RewardScorer(rm)
+    half = RewardScorer(rm, coalition_rm=in_dtype(rm, torch.bfloat16))
+    batch = held_out(run, a.responses, full)
+    half.score_responses(
+        [batch.prompt(i) for i in range(batch.size)], [batch.response(i) for i in range(batch.size)]
+    )
+    out: dict[str, float] = {}
+    credits = {}
+    for name, scorer in (("float32", full), ("bfloat16", half)):
+        before = scorer.stats.model_seconds
+        credits[name] = ShapleyAttributor(scorer, seed=3).rm_credits(batch)
+        out[f"{name}_model_seconds"] = scorer.stats.model_seconds - before
+    out["speedup"] = out["float32_model_seconds"] / out["bfloat16_model_seconds"]
+    out["credit_change"] = relative_error(credits["bfloat16"], credits["float32"])
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fractions", default="0.05,0.1,0.25")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--error-ratio", type=float, default=1.0, help="amortized.error_ratio")
-    parser.add_argument("--responses", type=int, default=16)
-    parser.add_argument("--reference-permutations", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--length", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--responses", type=int, default=32)
+    parser.add_argument("--exact-tokens", type=int, default=12)
+    parser.add_argument("--reference-permutations", type=int, default=64)
+    parser.add_argument("--rebuild", action="store_true", help="Build the explainer again.")
     parser.add_argument("--home", default=os.environ.get("SHAPETUNE_HOME", "~/.shapetune"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/amortized.json"))
     a = parser.parse_args()
-    started = time.perf_counter()
-    task = make_task("imdb-sentiment", Path(a.home).expanduser())
-    rm = task.load_reward_model()
-    fractions = [float(f) for f in a.fractions.split(",")]
-    runs, dirs = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for fraction in fractions:
-            dirs[fraction] = Path(tmp) / f"run-{fraction}"
-            runs.append(ppo_run(task, fraction, a.steps, dirs[fraction], a.error_ratio))
-            print(json.dumps({k: v for k, v in runs[-1].items() if k != "per_step"}))
-        default = 0.1 if 0.1 in dirs else fractions[0]
-        batch = scored(rm, *fresh_responses(task, dirs[default], a.responses))
-        halves = []
-        for seed in (10_001, 10_002):  # seeds no other run uses
-            reference_run = ShapleyAttributor(
-                RewardScorer(rm),
-                max_exact_players=1,
-                permutations=a.reference_permutations,
-                seed=seed,
-            )
-            halves.append(reference_run.attribute(batch))
-        reference = (halves[0] + halves[1]) / 2
-        reference_error = relative_error(halves[0], reference)  # = ||a - b|| / 2 / ||ref||
-        teacher = []
-        for seed in range(3):
-            credits, rows = credits_of(
-                lambda s, seed=seed: ShapleyAttributor(s, seed=seed), rm, batch
-            )
-            teacher.append({"error": relative_error(credits, reference), "rows": rows})
-        networks = {}
-        for fraction in fractions:
-            credits, rows = credits_of(lambda s, f=fraction: trained_network(dirs[f], s), rm, batch)
-            networks[str(fraction)] = {"error": relative_error(credits, reference), "rows": rows}
-    result = {
-        "machine": machine(),
-        "command": " ".join(["bench/amortized_bench.py", *sys.argv[1:]]),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "runs": runs,
-        "error": {
-            "responses": a.responses,
-            "reference_permutations": 2 * a.reference_permutations,
-            "reference_error": reference_error,
-            "teacher": {
-                "error": statistics.fmean(t["error"] for t in teacher),
-                "rows": statistics.fmean(t["rows"] for t in teacher),
-                "seeds": teacher,
-            },
-            "networks": networks,
-        },
+    torch.set_num_threads(2)
+    home = Path(a.home).expanduser()
+    task = make_task("imdb-sentiment", home)
+    result: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}}
+
+    stage = ensure_explainer(task, a.length, explainers_root(home), force=a.rebuild)
+    result["explainer"] = {**stage.info, "built_in_this_sitting": stage.built}
+    print("explainer", json.dumps(result["explainer"]), flush=True)
+
+    runs = {
+        m: build_run(run_config(m, a), task, explainers_root(home)) for m in ("amortized", "sparse")
     }
+    result["bf16"] = bf16(task, runs["sparse"], a)
+    print("bf16", json.dumps(result["bf16"]), flush=True)
+    meters = {m: CostMeter(r.device) for m, r in runs.items()}
+    seconds: dict[str, list[float]] = {m: [] for m in runs}
+    rows, responses = 0, 0
+    result["accuracy"] = {"0": accuracy(runs["amortized"], a)}
+    for step in range(1, a.steps + 1):
+        for method, run in runs.items():
+            before = run.scorer.stats.rows
+            started = time.perf_counter()
+            with meters[method].charging(run.shaper, responses=a.batch):
+                ppo_step(run, step, meters[method])
+            seconds[method].append(time.perf_counter() - started)
+            if method == "amortized":
+                rows += run.scorer.stats.rows - before - a.batch  # less the scoring pass
+                responses += a.batch
+        print(step, {m: round(s[-1], 2) for m, s in seconds.items()}, flush=True)
+        if step in (a.steps // 2, a.steps):
+            result["accuracy"][str(step)] = accuracy(runs["amortized"], a)
+            print(step, json.dumps(result["accuracy"][str(step)]), flush=True)
+    amortized = runs["amortized"].shaper.attributors["amortized"]
+    result["ppo"] = {
+        "step_seconds": {m: statistics.fmean(s[1:]) for m, s in seconds.items()},
+        "ratio": statistics.fmean(seconds["amortized"][1:])
+        / statistics.fmean(seconds["sparse"][1:]),
+        "attribution_rows_per_response": rows / responses,
+        "amortized_metrics": amortized.metrics(),
+    }
+    print("ppo", json.dumps(result["ppo"]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    a.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    a.out.with_suffix(".md").write_text(table(result))
 
 
-def markdown(result: dict[str, Any]) -> str:
-    e = result["error"]
+def table(r: dict[str, Any]) -> str:
+    m, e, p, b = r["machine"], r["explainer"], r["ppo"], r["bf16"]
     lines = [
-        f"Machine: {result['machine']}; {result['wall_seconds']:.0f} s in all.",
-        "",
-        "| label_fraction | warm-up steps | attribution, whole run | after warm-up "
-        "| RM rows/resp, whole run | after warm-up | error vs Shapley | rows/resp (network) |",
-        "|---|---|---|---|---|---|---|---|",
+        "# Amortized Shapley credit (bench/amortized_bench.py)\n",
+        f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, load "
+        f"{m['load_at_start']} at the start; args {r['args']}.\n",
+        f"Explainer: {e['responses']} responses, {e['rm_rows']} RM rows, "
+        f"{e['sample_and_score_seconds']} s sampling and scoring + {e['train_seconds']} s "
+        f"training ({e['build_seconds']} s in all); held-out R^2 of the FastSHAP fit "
+        f"{e['held_out_r2']}.\n",
+        f"bf16: masked rows scored {b['speedup']:.2f}x as fast as float32; token Shapley "
+        f"credits moved by {100 * b['credit_change']:.2f} % (relative L2).\n",
+        f"PPO step (mean of steps 2..N): amortized {p['step_seconds']['amortized']:.2f} s, "
+        f"sparse {p['step_seconds']['sparse']:.2f} s: {p['ratio']:.2f}x; attribution RM rows "
+        f"a response {p['attribution_rows_per_response']:.2f} (audits included).\n",
+        "| step | against | " + " | ".join(f"{1 + 2 * k} rows" for k in PAIRS) + " |",
+        "|---|---|" + "---|" * len(PAIRS),
     ]
-    for run in result["runs"]:
-        net = e["networks"][str(run["label_fraction"])]
-        lines.append(
-            f"| {run['label_fraction']} | {run['warm_up_steps']} | {100 * run['share_whole_run']:.0f} % "
-            f"| {100 * run['share_after_warm_up']:.0f} % | {run['rows_whole_run']:.1f} "
-            f"| {run['rows_after_warm_up']:.1f} | {net['error']:.3f} | {net['rows']:.1f} |"
-        )
-    t = e["teacher"]
-    lines += [
-        "",
-        f"Teacher (shapley, 8 permutations) at its default budget: error {t['error']:.3f}, "
-        f"{t['rows']:.1f} RM rows per response (3 seeds). Reference: {e['reference_permutations']} "
-        f"permutations a response, its own error about {e['reference_error']:.3f}; "
-        f"{e['responses']} responses of {LENGTH} tokens.",
-    ]
+    for step, acc in r["accuracy"].items():
+        for against in ("versus_exact", "versus_reference"):
+            cells = " | ".join(f"{acc[against][str(k)]:.3f}" for k in PAIRS)
+            lines.append(f"| {step} | {against.split('_')[1]} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

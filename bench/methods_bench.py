@@ -55,6 +55,7 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from trainers.config import TrainConfig
+    from trainers.explainer import explainers_root
     from trainers.ppo import train
     from trainers.tasks import make_task
 
@@ -78,7 +79,7 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     )
     task = make_task("imdb-sentiment", Path(args["home"]))
     started = time.perf_counter()
-    result = train(config, task)
+    result = train(config, task, explainers=explainers_root(Path(args["home"])))
     return {
         "arm": arm,
         "seed": seed,

@@ -19,7 +19,9 @@ import yaml
 
 from service.formatting import weights as show_weights
 from service.tuning.spec import StudySpec
+from trainers.explainer import NET, ensure_explainer, explainers_root
 from trainers.portable_shape import (
+    EXPLAINER_FILE,
     EstimatorError,
     PortableShape,
     ShapeOrigin,
@@ -69,11 +71,29 @@ def portable_shape(
     )
 
 
+def shape_explainer(
+    spec: StudySpec, weights: dict[str, float], knobs: dict[str, float], home: Path
+) -> Path | None:
+    """The explainer file an `amortized` shape starts from (built first if this home has
+    none yet: minutes); None for a shape without `amortized`."""
+    if weights.get("amortized", 0) <= 0:
+        return None
+    config = spec.train_config(weights, knobs, seed=spec.seed)
+    task = make_task(config.task.name, home, **config.task.options)
+    length = config.ppo.response_length or task.response_length
+    return ensure_explainer(task, length, explainers_root(home)).folder / NET
+
+
 def export_verl(
-    shape: PortableShape, out: Path, estimator: str = "gae", copy_rm: bool = False
+    shape: PortableShape,
+    out: Path,
+    estimator: str = "gae",
+    copy_rm: bool = False,
+    explainer: Path | None = None,
 ) -> list[Path]:
     """Write the export into `out` (new or empty); the files written, relative to it. The
-    RM is copied in with `copy_rm`, and whenever its tokenizer lies in another folder."""
+    RM is copied in with `copy_rm`, and whenever its tokenizer lies in another folder; an
+    `amortized` shape's `explainer` goes beside shape.json."""
     try:
         check_estimator(estimator)
     except EstimatorError as e:
@@ -88,6 +108,8 @@ def export_verl(
             rm = RewardModelFiles(out / "reward_model", out / "reward_model", rm.mask_token_id)
             shape = replace(shape, reward_model=rm)
         (staging / "shape.json").write_text(shape.to_json(relative_to=out))
+        if explainer is not None:
+            shutil.copy2(explainer, staging / EXPLAINER_FILE)
         (staging / MODULE).write_text(_module(shape))
         settings = _settings(shape, out, estimator)
         (staging / "verl_config.yaml").write_text(_config(settings))

@@ -71,13 +71,14 @@ class ShapingConfig:
     that takes a `seed` and is given none gets the run's seed."""
     rows_per_forward: int = 256
     """Reward-model rows per forward pass when attribution scores masked variants."""
-    coalition_dtype: Literal["float32", "bfloat16"] = "float32"
-    """The RM copy that scores masked variants (Shapley, SHAP, LIME, amortized's teacher).
-    bfloat16 moved token-Shapley credits by 0.35 % (relative L2), against their 6.75 %
-    sampling error at 8 permutations (bench/teacher_bench.py); its time depends on the CPU:
-    0.38x float32's on the 2-core machine teacher_bench ran on, 8.8x (slower) on 2 cores
-    with AVX2 and no AVX-512 bf16 instructions, so float32 stays the default. The
-    responses' own scores stay float32. Hugging Face reward models only."""
+    coalition_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The RM copy that scores masked variants (Shapley, SHAP, LIME, amortized's rows).
+    "auto": bfloat16 where the hardware computes in it (CUDA with bf16, a CPU with AVX-512
+    BF16 or AMX instructions: `shaping.precision`), float32 elsewhere, where bf16 is
+    emulated and slower (8.8x on 2 AVX2 cores). bfloat16 moved token-Shapley credits by
+    0.35 % (relative L2), against their 6.75 % sampling error at 8 permutations
+    (bench/teacher_bench.py). The responses' own scores stay float32. A reward function
+    that is no Hugging Face model is always scored in float32 under "auto"."""
 
     def __post_init__(self) -> None:
         weights = {str(k): float(w) for k, w in self.weights.items()}
@@ -99,10 +100,10 @@ class ShapingConfig:
                 raise ConfigError(f"shaping.options.{method}: {e}") from e
         _positive_int("shaping.rows_per_forward", self.rows_per_forward)
         _check(
-            self.coalition_dtype in ("float32", "bfloat16"),
+            self.coalition_dtype in ("auto", "float32", "bfloat16"),
             "shaping.coalition_dtype",
             self.coalition_dtype,
-            "choose float32 or bfloat16",
+            "choose auto, float32 or bfloat16",
         )
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "options", options)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from shaping.precision import native_bf16
 from shaping.reward_model import HasStates, HFRewardModel, NoStatesError, RewardModel, in_dtype
 from shaping.scorer import RewardScorer
 from shaping.shaper import Shaper
@@ -257,10 +258,11 @@ def build_shaper(
     device: torch.device,
 ) -> Shaper:
     """The shaper over `rm` on `device` (its scorer is `shaper.scorer`): masked variants
-    scored by a bfloat16 copy when `shaping` asks, batches read in `policy_tokenizer`'s ids.
-    The inner run builds its shaper here, and so does a shape exported to another trainer."""
+    scored by a bfloat16 copy when `shaping` asks (or, with "auto", where `device` computes
+    in bf16 natively), batches read in `policy_tokenizer`'s ids. The inner run builds its
+    shaper here, and so does a shape exported to another trainer."""
     coalition_rm = None
-    if shaping.coalition_dtype == "bfloat16":
+    if coalition_dtype(shaping, rm, device) == torch.bfloat16:
         try:
             coalition_rm = DeviceRewardModel(in_dtype(rm, torch.bfloat16), device)
         except ValueError as e:
@@ -272,6 +274,15 @@ def build_shaper(
         coalition_rm=coalition_rm,
     )
     return Shaper(scorer, shaping.weights, options)
+
+
+def coalition_dtype(shaping: ShapingConfig, rm: RewardModel, device: torch.device) -> torch.dtype:
+    """The dtype of the RM copy that scores masked variants; "auto" picks bfloat16 for a
+    Hugging Face RM on hardware with native bf16, float32 otherwise."""
+    if shaping.coalition_dtype == "auto":
+        native = isinstance(rm, HFRewardModel) and native_bf16(device)
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if shaping.coalition_dtype == "bfloat16" else torch.float32
 
 
 @dataclass(kw_only=True)

@@ -21,13 +21,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from shaping.attribution.amortized import AmortizedAttributor
 from shaping.batch import RolloutBatch
+from shaping.explainer import CreditNet, load_net
 from shaping.reward_model import HFRewardModel
 from trainers.config import ConfigError, ShapingConfig
 from trainers.models import build_shaper, resolve_device
 from trainers.tasks.base import RewardModelFiles
 
 SHAPE_FORMAT = 1
+EXPLAINER_FILE = "explainer.pt"
+"""Beside shape.json when the shape weights `amortized`: the reward model's explainer."""
 """The version of `shape.json`; a reader refuses a file of another."""
 
 TOKEN_REWARD_ESTIMATORS = frozenset(
@@ -189,10 +193,14 @@ class ShapedRewards:
         rm: HFRewardModel,
         policy_tokenizer: PreTrainedTokenizerBase,
         device: torch.device,
+        explainer: CreditNet | None = None,
     ) -> None:
         self.shaper = build_shaper(
             rm, shape.shaping, shape.shaping.options, policy_tokenizer, device
         )
+        amortized = self.shaper.attributors.get("amortized")
+        if isinstance(amortized, AmortizedAttributor) and explainer is not None:
+            amortized.use_explainer(explainer)
         self.scorer = self.shaper.scorer
         pad = policy_tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else policy_tokenizer.eos_token_id or 0)
@@ -204,10 +212,16 @@ class ShapedRewards:
         policy_tokenizer: PreTrainedTokenizerBase,
         device: str = "cpu",
     ) -> ShapedRewards:
-        """`device` as a run's config names it ("auto": CUDA where there is one)."""
+        """`device` as a run's config names it ("auto": CUDA where there is one). An
+        `amortized` shape starts from the explainer exported beside `path`."""
         shape = PortableShape.load(path)
+        explainer = Path(path).with_name(EXPLAINER_FILE)
         return cls(
-            shape, load_reward_model(shape.reward_model), policy_tokenizer, resolve_device(device)
+            shape,
+            load_reward_model(shape.reward_model),
+            policy_tokenizer,
+            resolve_device(device),
+            load_net(explainer) if explainer.is_file() else None,
         )
 
     def __call__(

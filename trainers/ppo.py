@@ -34,11 +34,13 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
+from shaping.attribution.amortized import AmortizedAttributor
 from shaping.batch import RolloutBatch
 from shaping.scorer import NonFiniteRewardError
 from shaping.shaper import Shaper
 from trainers import checkpoint
 from trainers.config import ConfigError, TrainConfig
+from trainers.explainer import ensure_explainer
 from trainers.models import (
     Run,
     Sequences,
@@ -143,8 +145,10 @@ def check_config(config: TrainConfig, task: Task) -> torch.device:
     return device
 
 
-def build_run(config: TrainConfig, task: Task) -> Run:
-    """Load the policy, a frozen reference copy, the value model and the reward model."""
+def build_run(config: TrainConfig, task: Task, explainers: Path | None = None) -> Run:
+    """Load the policy, a frozen reference copy, the value model and the reward model; an
+    `amortized` method starts from the reward model's explainer, cached under `explainers`
+    (built there first if missing; None: from an untrained network)."""
     device = check_config(config, task)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -165,6 +169,10 @@ def build_run(config: TrainConfig, task: Task) -> Run:
         task.tokenizer,
         device,
     )
+    amortized = shaper.attributors.get("amortized")
+    if isinstance(amortized, AmortizedAttributor) and explainers is not None:
+        length = config.ppo.response_length or task.response_length
+        amortized.use_explainer(ensure_explainer(task, length, explainers).net)
     train_prompts, eval_prompts = _prompts(task)
     sampling, evaluation = _generation_configs(config, task)
     return Run(
@@ -187,10 +195,13 @@ def build_run(config: TrainConfig, task: Task) -> Run:
 # ---------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig, task: Task, hooks: Hooks | None = None) -> TrainResult:
-    """Run (or resume, from `config.run_dir`) `config.steps` PPO steps on `task`."""
+def train(
+    config: TrainConfig, task: Task, hooks: Hooks | None = None, explainers: Path | None = None
+) -> TrainResult:
+    """Run (or resume, from `config.run_dir`) `config.steps` PPO steps on `task` (`explainers`:
+    see `build_run`)."""
     hooks = hooks or Hooks()
-    run = build_run(config, task)
+    run = build_run(config, task, explainers)
     run_dir = Path(config.run_dir) if config.run_dir else None
     saved = checkpoint.resume(run, run_dir) if run_dir else None
     progress = Progress.restore(saved, run.device) if saved else Progress(CostMeter(run.device))

@@ -239,7 +239,14 @@ def export(
 ) -> None:
     """Write a study's shape (its best trial, or --trial) as a reward manager for another
     trainer's PPO: for verl, a module, its config and a README in OUT."""
-    from service.export import TARGETS, ExportError, check_out, export_verl, portable_shape
+    from service.export import (
+        TARGETS,
+        ExportError,
+        check_out,
+        export_verl,
+        portable_shape,
+        shape_explainer,
+    )
     from trainers.portable_shape import ShapeFileError
 
     if to not in TARGETS:
@@ -263,7 +270,8 @@ def export(
     try:
         check_out(out)
         shape = portable_shape(spec, number, chosen.weights, chosen.knobs, home_dir, verdict)
-        written = export_verl(shape, out, estimator, copy_rm)
+        explainer = shape_explainer(spec, chosen.weights, chosen.knobs, home_dir)
+        written = export_verl(shape, out, estimator, copy_rm, explainer)
     except (ExportError, ShapeFileError, OSError) as e:
         raise fail(str(e)) from e
     shown = sorted({p.parts[0] for p in written})
@@ -281,6 +289,20 @@ def _stored_spec(database: str, name: str) -> Any:
         raise fail(str(e)) from e
     except SpecError as e:
         raise fail(f"study {name!r} cannot run as stored: {e}") from e
+
+
+def _build_explainer(spec: Any, home: Path) -> None:
+    """The reward model's explainer, which every `amortized` run of the study starts from."""
+    from service.cli.tasks import stage_rows
+    from service.tuning.spec import corner_configs
+    from trainers.explainer import ensure_explainer, explainers_root
+    from trainers.tasks import make_task
+
+    config = corner_configs(spec)[0]
+    task = make_task(config.task.name, home, **config.task.options)
+    length = config.ppo.response_length or task.response_length
+    with progress_bar() as bar:
+        ensure_explainer(task, length, explainers_root(home), on_progress=stage_rows(bar))
 
 
 def _drive(
@@ -324,6 +346,8 @@ def _drive(
         f"study [bold]{spec.name}[/bold]: {spec.budget} trials x {spec.seeds} seeds, "
         f"{runner.slots} inner run(s) at once, store {safe_url(database)}"
     )
+    if "amortized" in spec.methods:  # built here once, with its bars, not by a worker
+        _build_explainer(spec, home)
     started = time.monotonic()
     with progress_bar() as bar:
         job = bar.add_task("trials", total=spec.budget)

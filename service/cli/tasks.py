@@ -60,7 +60,7 @@ def prepare(
     else:
         with progress_bar() as bar:
             result = run_prepare(
-                resolve_home(home), config, force=force, on_progress=_stage_rows(bar)
+                resolve_home(home), config, force=force, on_progress=stage_rows(bar)
             )
     cache_bytes = sum(p.stat().st_size for p in result.root.rglob("*") if p.is_file())
     if as_json:
@@ -81,7 +81,7 @@ def prepare(
     )
 
 
-def _stage_rows(bar: Progress | LogProgress) -> OnProgress:
+def stage_rows(bar: Progress | LogProgress) -> OnProgress:
     """One row of `bar` per stage of `prepare`, added when the stage is first reported."""
     rows: dict[str, TaskID] = {}
 
@@ -240,6 +240,7 @@ def train(
 
     from service.curves import learning_curve_png
     from trainers.config import PPOConfig, ShapingConfig, TaskConfig, TrainConfig
+    from trainers.explainer import ensure_explainer, explainers_root
     from trainers.ppo import Hooks, TrainingError, check_config
     from trainers.ppo import train as run_train
     from trainers.tasks import TaskError, make_task
@@ -274,6 +275,11 @@ def train(
     except (TaskError, ValueError) as e:
         raise fail(str(e)) from e
     console.print(f"run folder: {folder}")
+    explainers = explainers_root(resolve_home(home))
+    if config.shaping.weights.get("amortized", 0) > 0:  # its explainer first, with its own bars
+        with progress_bar() as bar:
+            length = config.ppo.response_length or task.response_length
+            ensure_explainer(task, length, explainers, on_progress=stage_rows(bar))
     with progress_bar() as bar:
         job = bar.add_task("PPO", total=steps)
 
@@ -285,7 +291,7 @@ def train(
             bar.update(job, completed=step, description=f"step {step}: {batch}{note}")
 
         try:
-            result = run_train(config, task, Hooks(report=report))
+            result = run_train(config, task, Hooks(report=report), explainers)
         except (TaskError, ValueError) as e:
             raise fail(str(e)) from e
         except TrainingError as e:

@@ -30,6 +30,7 @@ from service.tuning.optuna_storage import open_storage
 from service.tuning.pruning import judge, open_judged_study
 from trainers.checkpoint import CHECKPOINT, RESULT
 from trainers.config import TrainConfig
+from trainers.explainer import explainers_root
 from trainers.ppo import Hooks, train
 from trainers.tasks import make_task
 
@@ -65,7 +66,7 @@ def run_inner(job: InnerJob) -> InnerResult:
             should_stop=_stop_check(job, pruned),
             checkpointed=_index_checkpoint(job) if job.trial_id is not None else _ignore,
         )
-        result = train(config, task, hooks)
+        result = train(config, task, hooks, explainers=explainers_root(Path(job.home)))
     except Exception as e:  # the run failed for a reason of its own: the trial records it
         log.warning("inner run of trial %s failed:\n%s", job.trial_id, traceback.format_exc())
         # A checkpoint it left lets a retry go on.

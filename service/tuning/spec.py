@@ -26,7 +26,7 @@ from trainers.tasks import TASKS
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TUNABLE_KNOBS = ("kl_coef", "lr", "clip_coef", "temperature", "vf_coef", "gae_lambda")
 """PPO hyper-parameters a study may search beside the weights; and any numeric option of a
-method, named METHOD.OPTION (`amortized.label_fraction`): see `method_knob`."""
+method, named METHOD.OPTION (`amortized.prior`): see `method_knob`."""
 STUDY_OWNED = {
     "task": "the spec's `task`",
     "seed": "from the spec's `seed`, one per inner seed",
@@ -131,7 +131,7 @@ class StudySpec(_Strict):
     knobs: dict[str, Knob] = Field(
         default_factory=dict,
         description=f"Extra settings to search: PPO's {list(TUNABLE_KNOBS)}, or a method's "
-        "numeric option as METHOD.OPTION (e.g. amortized.label_fraction).",
+        "numeric option as METHOD.OPTION (e.g. amortized.prior).",
     )
     inner: dict[str, Any] = Field(
         default_factory=dict,
@@ -247,7 +247,7 @@ class StudySpec(_Strict):
         if unknown:
             raise ValueError(
                 f"unknown knob(s) {unknown}; choose from {list(TUNABLE_KNOBS)} or a method's "
-                "numeric option as METHOD.OPTION (e.g. amortized.label_fraction)"
+                "numeric option as METHOD.OPTION (e.g. amortized.prior)"
             )
         return v
 

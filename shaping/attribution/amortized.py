@@ -1,121 +1,113 @@
-"""Amortized credit: a small network, trained online during PPO, that predicts a teacher
-method's per-token credits (Shapley, SHAP or LIME) from the reward model's hidden states.
+"""Amortized Shapley credit: a network trained with the FastSHAP objective
+(`shaping.explainer`) guesses each response's token Shapley values in one pass; a few RM rows
+of the response itself refine the guess and keep training the network; audits against the
+full Shapley method keep it honest.
 
-FastSHAP (Jethani et al. 2022) trains an explainer to give Shapley values in one pass, and
-stochastic amortization (Covert et al. 2024) shows that noisy, unbiased labels, such as a
-few sampled permutations, are enough: the network averages their noise out over many
-responses. Here the labels come from the teacher run on a random `label_fraction` of each
-PPO batch, and the inputs are the RM's last hidden states of the response tokens, kept from
-the pass that scored the batch (no RM pass of their own). A Shapley value depends on the
-tokens that come after it, so the network reads the whole response: one bidirectional GRU
-layer over the states.
+Where a run can, it starts from an explainer trained once for its reward model
+(`trainers.explainer`, a cached stage: `use_explainer`); otherwise the network starts
+untrained and learns from the run's own rows alone.
 
-Each step:
+Each response of a batch costs 1 + 2 `pairs` RM rows:
 
-1. the teacher labels `label_fraction` of the batch (at least one response); every
-   `PROBE_EVERY` steps, and every step while falling back, one of them twice: the two labels
-   differ by the teacher's own sampling noise, sigma^2 per token (0 for an exact teacher);
-2. the network's squared error on these fresh labels, before it trains on them, is its
-   error against the true credits plus sigma^2 (unbiased labels, independent of it), so its
-   own error is estimated as the difference (both smoothed over steps);
-3. until that estimate is below sigma^2, the network is worse than one teacher label, and
-   the teacher labels the whole batch instead (fallback); `error_ratio` trades accuracy for
-   cost: the network takes over once its RMS error is below `error_ratio` times the
-   teacher's (1, the default: only once it is at least as good as one label);
-4. the network trains on a replay buffer of the most recent labels;
-5. a labelled response gets the teacher's credits; any other the network's, made to sum to
-   R - v(empty) as the teacher's do, by FastSHAP's additive efficiency correction (the
-   residual spread evenly over the response's tokens; its size before correction is
-   reported). v(empty), the response with every token masked, is one RM row.
+1. v(empty) (every token masked), which fixes the credits' sum: R - v(empty), as Shapley's;
+2. `pairs` coalitions drawn from the Shapley kernel's distribution, each with its
+   complement. Their values refine the network's guess: the credits that best fit them with
+   the guess as a prior, summing to R - v(empty) (`shaping.explainer.refine`). They also
+   train the network online (the policy, and so its responses, move away from the
+   explainer's training set), a few gradient steps a PPO step over a replay buffer.
+
+Every `audit_every` steps one response of the batch is also credited by the full Shapley
+method (the teacher, with its own options); the relative L2 distance of the credits from
+it, smoothed over audits, is the error the run reports. Above `target` a response gets one
+more pair from the next step on (up to `max_pairs`), below half of it one fewer: rows are
+spent where the network is not yet good enough. An audit's rows count in the run's cost.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from shaping.attribution.base import Attributor
-from shaping.attribution.lime_explainer import LimeAttributor
 from shaping.attribution.options import Choice, Integer, Options, Real
-from shaping.attribution.shap_explainer import ShapAttributor
 from shaping.attribution.shapley import ShapleyAttributor
 from shaping.batch import RolloutBatch
+from shaping.explainer import (
+    CreditNet,
+    efficient,
+    fastshap_loss,
+    kernel_coalitions,
+    refine,
+    relative_error,
+    token_scalars,
+)
 from shaping.scorer import RewardScorer
 
-Teacher = Literal["shapley", "shap", "lime"]
-TEACHERS = ("shapley", "shap", "lime")
-TEACHER_METHODS: dict[str, type[ShapleyAttributor | ShapAttributor | LimeAttributor]] = {
-    "shapley": ShapleyAttributor,
-    "shap": ShapAttributor,
-    "lime": LimeAttributor,
-}
+Teacher = Literal["shapley"]
 BUFFER = 512
-"""Labelled responses the network replays: about 16 steps of labels at the default
-fraction, or the last fallback step or two (the policy, and so the responses, drift)."""
-UPDATES = 16
-"""Gradient steps a PPO step, of `MINIBATCH` buffered responses each. On the built-in RM
-(bench/amortized_bench.py's learning curve), 16 at width 128 reach about the error 32 do
-after 448 labels, at half the time (~0.3 s a PPO step on one core)."""
+"""Responses the network replays online: about 16 PPO steps of 32."""
+UPDATES = 4
+"""Online gradient steps a PPO step, of `MINIBATCH` buffered responses each."""
 MINIBATCH = 32
-PROBE_EVERY = 4
-"""Steps between measurements of the teacher's noise once the network is in use."""
 SMOOTHING = 0.3
-"""Weight of a step's error in the running estimates."""
+"""Weight of an audit's error in the running estimate."""
 
 
-class CreditNet(torch.nn.Module):
-    """RM hidden states (B, T, H) -> credits (B, T): a projection, one bidirectional GRU
-    layer (a token's credit depends on the tokens after it, too), and a linear read-out of
-    both (the projection alone carries an additive game)."""
+@dataclass(frozen=True)
+class Inputs:
+    """What the network reads of one response, and its own rows (for training)."""
 
-    def __init__(self, features: int, width: int) -> None:
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(features, elementwise_affine=False)
-        self.project = torch.nn.Linear(features, width)
-        self.context = torch.nn.GRU(width, width // 2, batch_first=True, bidirectional=True)
-        self.read = torch.nn.Linear(width + 2 * (width // 2), 1)
-
-    def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        T = states.shape[1]
-        x = torch.tanh(self.project(self.norm(states)))  # (B, T, W)
-        # Packed: the backward direction starts at each response's last token, not padding.
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        context, _ = pad_packed_sequence(self.context(packed)[0], batch_first=True, total_length=T)
-        mask = torch.arange(T)[None, :] < lengths[:, None]
-        return self.read(torch.cat([x, context], dim=-1)).squeeze(-1) * mask  # (B, T)
+    states: torch.Tensor
+    """(T, H) the RM's last hidden states of the response tokens."""
+    scalars: torch.Tensor
+    """(T, SCALARS) `shaping.explainer.token_scalars`."""
+    coalitions: torch.Tensor
+    """(K, T) bool: the coalitions scored for this response (K may be 0)."""
+    gains: torch.Tensor
+    """(K,) v(S) - v(empty)."""
+    total: float
+    """R - v(empty)."""
 
 
-def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-response (T_i, H) -> right-padded (B, T, H) and lengths (B,)."""
-    lengths = torch.tensor([s.shape[0] for s in states])
-    return torch.nn.utils.rnn.pad_sequence(states, batch_first=True), lengths
-
-
-def efficiency_correction(
-    credits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """FastSHAP's additive efficiency correction: each row of `credits` (B, T) plus its
-    residual `target - sum` (B,) spread evenly over its tokens; also the residual."""
-    residual = target - credits.sum(dim=1)
-    return credits + residual[:, None] * mask / mask.sum(dim=1, keepdim=True), residual
+def collate(
+    items: list[Inputs],
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Responses -> padded states (B, T, H), scalars (B, T, S), mask (B, T), coalitions
+    (B, K, T), gains (B, K), weight (B, K) (0 on padding) and totals (B,)."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    states = pad([x.states for x in items], batch_first=True)
+    scalars = pad([x.scalars for x in items], batch_first=True)
+    lengths = torch.tensor([x.states.shape[0] for x in items])
+    T = states.shape[1]
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    K = max(x.coalitions.shape[0] for x in items)
+    coalitions = torch.zeros(len(items), K, T, dtype=torch.bool)
+    gains, weight = torch.zeros(len(items), K), torch.zeros(len(items), K)
+    for b, x in enumerate(items):
+        k, t = x.coalitions.shape
+        coalitions[b, :k, :t], gains[b, :k], weight[b, :k] = x.coalitions, x.gains, 1.0
+    totals = torch.tensor([x.total for x in items])
+    return states, scalars, mask, coalitions, gains, weight, totals
 
 
 class AmortizedAttributor(Attributor):
     name = "amortized"
-    conserves = True  # to R - v(empty), as its teachers: see step 5 above
+    conserves = True  # to R - v(empty), as Shapley's: `refine` keeps the sum
     learns = True
     options: ClassVar[Options] = {
-        "teacher": Choice(TEACHERS),
-        "label_fraction": Real(0.0, 1.0, why="share of each batch the teacher labels"),
-        "width": Integer(4, 1024, even=True, why="the network's hidden width"),
-        "lr": Real(1e-6, 1.0, why="the network's Adam learning rate"),
-        "error_ratio": Real(
-            0.0, 1000.0, why="network RMS error allowed, in units of the teacher's"
-        ),
+        "teacher": Choice(("shapley",)),
+        "pairs": Integer(0, 64, why="coalition pairs a response gets at the start"),
+        "max_pairs": Integer(0, 64, why="the most the audits may raise it to"),
+        "audit_every": Integer(0, 10_000, why="PPO steps between audits; 0: never"),
+        "target": Real(0.0, 10.0, why="relative L2 error the audits hold the credits to"),
+        "prior": Real(1e-6, 1e6, why="weight of the network's guess against the rows"),
+        "width": Integer(8, 1024, even=True, why="an untrained network's width"),
+        "lr": Real(0.0, 1.0, why="the online Adam learning rate; 0: no online training"),
         "seed": Integer(-(2**63), 2**63 - 1, why="torch.manual_seed's range"),
     }
 
@@ -123,160 +115,135 @@ class AmortizedAttributor(Attributor):
         self,
         scorer: RewardScorer,
         teacher: Teacher = "shapley",
-        label_fraction: float = 0.1,
+        pairs: int = 1,
+        max_pairs: int = 8,
+        audit_every: int = 4,
+        target: float = 0.3,
+        prior: float = 1.0,
         width: int = 128,
-        lr: float = 3e-3,
-        error_ratio: float = 1.0,
+        lr: float = 1e-4,
         seed: int = 0,
     ) -> None:
         self.check_options(
             teacher=teacher,
-            label_fraction=label_fraction,
+            pairs=pairs,
+            max_pairs=max_pairs,
+            audit_every=audit_every,
+            target=target,
+            prior=prior,
             width=width,
             lr=lr,
-            error_ratio=error_ratio,
             seed=seed,
         )
-        if label_fraction <= 0:
-            raise ValueError("amortized.label_fraction must be > 0: the network learns from labels")
+        if pairs > max_pairs:
+            raise ValueError(f"amortized.pairs={pairs} is above amortized.max_pairs={max_pairs}")
         super().__init__(scorer)
         scorer.keep_states = True  # the inputs: kept from the pass that scores each batch
-        self.teacher_seed = (seed + 1) % 2**32  # in every teacher's range; not our own stream
-        self.teacher: Attributor = TEACHER_METHODS[teacher](scorer, seed=self.teacher_seed)
-        """The teacher with its default options; `build_attributor` gives it the user's."""
-        self.label_fraction, self.width, self.lr, self.seed = label_fraction, width, lr, seed
-        self.error_ratio = error_ratio
+        self.teacher_seed = (seed + 1) % 2**32  # in the teacher's range; not our own stream
+        self.teacher: Attributor = ShapleyAttributor(scorer, seed=self.teacher_seed)
+        """The audits' method with its default options; `build_attributor` gives it the
+        user's."""
+        self.pairs, self.max_pairs, self.audit_every = pairs, max_pairs, audit_every
+        self.target, self.prior, self.width, self.lr, self.seed = target, prior, width, lr, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.net: CreditNet | None = None  # built on the first batch, when H is known
+        self.net: CreditNet | None = None  # an explainer's, or built on the first batch
+        self.pretrained = False
         self.optimizer: torch.optim.Optimizer | None = None
-        self.buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
-        """(states (T, H), credits (T,)) of the most recent labelled responses."""
+        self.buffer: list[Inputs] = []
         self.steps = 0
-        self.net_error: float | None = None
-        """Smoothed estimate of the network's squared error per token, against the truth."""
-        self.fresh_error: float | None = None
-        """Smoothed squared error per token against fresh labels (net error + sigma^2)."""
-        self.teacher_error: float | None = None
-        """Smoothed sigma^2: the teacher's sampling variance per token."""
-        self.fallback = True
-        self.measured = False
-        """Whether a network's error was measured yet (not only that of crediting nothing)."""
-        self.labelled = 0.0
+        self.audit_error: float | None = None
+        """Smoothed relative L2 error against the teacher, over audits."""
+        self.audits = 0
+
+    def use_explainer(self, net: CreditNet) -> None:
+        """Start from a network trained for this reward model (`trainers.explainer`)."""
+        self.net, self.pretrained, self.optimizer = net, True, None
 
     # -- the credits ---------------------------------------------------------------------
 
     def _credits(self, batch: RolloutBatch) -> torch.Tensor:
-        states = self.scorer.response_states(batch)  # from the scoring pass
-        if self.frozen and self.net is not None:
-            return self._predict(batch, states, list(range(batch.size)))
+        inputs = self.inputs(batch, 0 if self.frozen else self.pairs)
+        if self.net is None:
+            self._build(inputs[0].states.shape[-1])
+        credits = self.credit(inputs, batch.response_ids.shape[1])
+        if self.frozen:
+            return credits
         self.steps += 1
-        labelled = self._pick(batch.size)
-        credits = torch.zeros(batch.response_ids.shape)
-        labels = self._label(batch, labelled, states)  # also updates the error estimates
-        self.fallback = not self._learned()
-        rest = sorted(set(range(batch.size)) - set(labelled))
-        if self.fallback and rest:  # the whole batch from the teacher
-            more = self.teacher.rm_credits(batch.select(rest))
-            self._remember(batch, rest, more, states)
-            labelled, labels, rest = labelled + rest, torch.cat([labels, more]), []
-        credits[labelled] = labels
-        if rest:  # the network's
-            credits[rest] = self._predict(batch.select(rest), states, rest)
+        self.buffer = (self.buffer + inputs)[-BUFFER:]
         self._train()
-        self.labelled = len(labelled) / batch.size
+        if self.audit_every and self.steps % self.audit_every == 0:
+            self._audit(batch, credits)
         return credits
 
-    def _pick(self, B: int) -> list[int]:
-        """The responses the teacher labels this step."""
-        n = min(B, max(1, round(self.label_fraction * B)))
-        return torch.randperm(B, generator=self.generator)[:n].tolist()
-
-    def _label(
-        self, batch: RolloutBatch, rows: list[int], states: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """The teacher's credits of `rows` (n, T); measures the network against them before
-        it sees them, and the teacher against itself on a probe."""
-        labels = self.teacher.rm_credits(batch.select(rows))
-        mask = batch.response_mask[rows].float()
-        # Before it exists the network's error is that of crediting nothing, as an
-        # untrained one does about.
-        guess = (
-            torch.zeros_like(labels)
-            if self.net is None
-            else self._forward([states[i] for i in rows], labels.shape[1])
+    def inputs(self, batch: RolloutBatch, pairs: int) -> list[Inputs]:
+        """Each response's network inputs and rows: v(empty) and `pairs` coalition pairs
+        (`batch` in the RM's tokens, scored by `scorer.score_responses`)."""
+        states = self.scorer.response_states(batch)  # from the scoring pass
+        prefixes = self.scorer.prefix_values(batch) if self.scorer.rm.causal else None
+        drawn = [kernel_coalitions(int(T), pairs, self.generator) for T in batch.lengths]
+        empty = [torch.zeros(1, int(T), dtype=torch.bool) for T in batch.lengths]
+        values = self.scorer.coalition_values(
+            batch, [torch.cat([e, d]) for e, d in zip(empty, drawn, strict=True)]
         )
-        self.fresh_error = smooth(self.fresh_error, mean_square(guess - labels, mask))
-        self.measured = self.measured or self.net is not None
-        if self.fallback or self.steps % PROBE_EVERY == 1:
-            again = self.teacher.rm_credits(batch.select(rows[:1]))  # independent draw
-            noise = mean_square(again - labels[:1], mask[:1]) / 2  # Var(a - b) = 2 sigma^2
-            self.teacher_error = smooth(self.teacher_error, noise)
-            labels[0] = (labels[0] + again[0]) / 2  # twice the teacher: a better label
-        if self.teacher_error is not None:
-            self.net_error = max(self.fresh_error - self.teacher_error, 0.0)
-        self._remember(batch, rows, labels, states)
-        return labels
+        return [
+            Inputs(
+                states=states[i],
+                scalars=token_scalars(None if prefixes is None else prefixes[i], int(T)),
+                coalitions=drawn[i],
+                gains=values[i][1:] - values[i][0],
+                total=float(batch.scores[i] - values[i][0]),
+            )
+            for i, T in enumerate(batch.lengths)
+        ]
 
-    def _learned(self) -> bool:
-        """True once the network's estimated error is below one teacher label's (times
-        `error_ratio`)."""
-        if not self.measured or self.net_error is None or self.teacher_error is None:
-            return False  # no network measured yet: crediting nothing is no network
-        return self.net_error < self.error_ratio**2 * self.teacher_error
-
-    def _predict(
-        self, batch: RolloutBatch, states: list[torch.Tensor], rows: list[int]
-    ) -> torch.Tensor:
-        """The network's credits for `batch` (the responses `rows` of the step's batch),
-        corrected to sum to R - v(empty)."""
-        guess = self._forward([states[i] for i in rows], batch.response_ids.shape[1])
-        empty = [torch.zeros(1, int(n), dtype=torch.bool) for n in batch.lengths]
-        target = batch.scores - torch.cat(self.scorer.coalition_values(batch, empty))
-        mask = batch.response_mask.float()
-        credits, residual = efficiency_correction(guess * mask, target, mask)
-        self.residuals.append(float((residual.abs() / (batch.scores.abs() + 1e-8)).mean()))
+    def credit(self, inputs: list[Inputs], width: int) -> torch.Tensor:
+        """The network's guesses, refined by each response's rows: (B, width). Learns
+        nothing (`attribute` trains after it)."""
+        states, scalars, mask, _, _, _, totals = collate(inputs)
+        assert self.net is not None
+        with torch.no_grad():
+            guess = efficient(self.net(states, scalars, mask), totals, mask)
+        credits = torch.zeros(len(inputs), width)
+        for i, x in enumerate(inputs):
+            T = x.states.shape[0]
+            credits[i, :T] = refine(guess[i, :T], x.coalitions, x.gains, x.total, self.prior)
         return credits
+
+    def _audit(self, batch: RolloutBatch, credits: torch.Tensor) -> None:
+        """One response against the teacher; more pairs if the error is above target."""
+        i = int(torch.randint(batch.size, (1,), generator=self.generator))
+        truth = self.teacher.rm_credits(batch.select([i]))[0]
+        error = relative_error(credits[i], truth)
+        a = self.audit_error
+        self.audit_error = error if a is None else (1 - SMOOTHING) * a + SMOOTHING * error
+        self.audits += 1
+        if self.audit_error > self.target:
+            self.pairs = min(self.pairs + 1, self.max_pairs)
+        elif self.audit_error < self.target / 2:
+            self.pairs = max(self.pairs - 1, 0)
 
     # -- the network ---------------------------------------------------------------------
 
-    def _forward(self, states: list[torch.Tensor], T: int) -> torch.Tensor:
-        """The network's raw credits (n, T) for responses with these states."""
-        assert self.net is not None
-        padded, lengths = pad_states(states)
-        with torch.no_grad():
-            out = self.net(padded, lengths)
-        return torch.nn.functional.pad(out, (0, T - out.shape[1]))
-
-    def _remember(
-        self,
-        batch: RolloutBatch,
-        rows: list[int],
-        labels: torch.Tensor,
-        states: list[torch.Tensor],
-    ) -> None:
-        for j, i in enumerate(rows):
-            T = int(batch.lengths[i])
-            self.buffer.append((states[i], labels[j, :T].clone()))
-        del self.buffer[:-BUFFER]
-        if self.net is None:
-            self._build(states[0].shape[-1])
-
-    def _build(self, features: int) -> None:
+    def _build(self, hidden: int) -> None:
         with torch.random.fork_rng():  # the run's RNG stays untouched: seeded from ours
             torch.manual_seed(self.seed)
-            self.net = CreditNet(features, self.width)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+            self.net = CreditNet(hidden, self.width)
 
     def _train(self) -> None:
-        assert self.net is not None and self.optimizer is not None
+        """A few FastSHAP steps on the buffered responses' own rows."""
+        assert self.net is not None
+        if self.lr == 0 or not any(x.coalitions.shape[0] for x in self.buffer):
+            return
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         with torch.enable_grad():  # `attribute` runs under no_grad
             for _ in range(UPDATES):
                 picks = torch.randint(len(self.buffer), (MINIBATCH,), generator=self.generator)
-                states, targets = zip(*(self.buffer[k] for k in picks.tolist()), strict=True)
-                padded, lengths = pad_states(list(states))
-                target = torch.nn.utils.rnn.pad_sequence(list(targets), batch_first=True)
-                mask = (torch.arange(target.shape[1])[None, :] < lengths[:, None]).float()
-                loss = mean_square(self.net(padded, lengths) - target, mask)
+                states, scalars, mask, coalitions, gains, weight, totals = collate(
+                    [self.buffer[k] for k in picks.tolist()]
+                )
+                credits = efficient(self.net(states, scalars, mask), totals, mask)
+                loss = fastshap_loss(credits, coalitions, gains, weight)
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
@@ -285,47 +252,44 @@ class AmortizedAttributor(Attributor):
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()
-        out |= {  # root mean squares per token, in reward units
-            "shaping/amortized_error": math.sqrt(self.net_error or 0.0),
-            "shaping/amortized_teacher_error": math.sqrt(self.teacher_error or 0.0),
-            "shaping/amortized_fallback": float(self.fallback),
-            "shaping/amortized_labelled": self.labelled,
+        out |= {
+            "shaping/amortized_pairs": float(self.pairs),
+            "shaping/amortized_pretrained": float(self.pretrained),
+            "shaping/amortized_audits": float(self.audits),
         }
+        if self.audit_error is not None:
+            out["shaping/amortized_audit_error"] = self.audit_error
         return out
 
     def state(self) -> dict[str, Any]:
+        fields = ("states", "scalars", "coalitions", "gains")
         return {
             **super().state(),
             "teacher": self.teacher.state(),
+            "sizes": None if self.net is None else self.net.sizes(),
             "net": None if self.net is None else self.net.state_dict(),
-            "features": None if self.net is None else self.net.project.in_features,
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "buffer_states": [s for s, _ in self.buffer],
-            "buffer_credits": [c for _, c in self.buffer],
-            "progress": [self.steps, self.net_error, self.fresh_error, self.teacher_error],
-            "fallback": self.fallback,
-            "measured": self.measured,
+            "buffer": {f: [getattr(x, f) for x in self.buffer] for f in fields}
+            | {"totals": [x.total for x in self.buffer]},
+            "progress": [self.steps, self.pairs, self.audit_error, self.audits],
+            "pretrained": self.pretrained,
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
         self.teacher.load_state(state["teacher"])
         if state["net"] is not None:
-            self._build(int(state["features"]))
-            assert self.net is not None and self.optimizer is not None
-            self.net.load_state_dict(state["net"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.buffer = list(zip(state["buffer_states"], state["buffer_credits"], strict=True))
-        self.steps, self.net_error, self.fresh_error, self.teacher_error = state["progress"]
-        self.fallback, self.measured = bool(state["fallback"]), bool(state["measured"])
-
-
-def mean_square(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of error^2 over the tokens in `mask` (rows of any length)."""
-    return (error.square() * mask).sum() / mask.sum().clamp_min(1)
-
-
-def smooth(previous: float | None, value: torch.Tensor) -> float:
-    return (
-        float(value) if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * float(value)
-    )
+            self.net = CreditNet.restore(state["sizes"], state["net"])
+            self.optimizer = None
+            if state["optimizer"] is not None:
+                self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+                self.optimizer.load_state_dict(state["optimizer"])
+        b = state["buffer"]
+        self.buffer = [
+            Inputs(states=s, scalars=c, coalitions=z, gains=g, total=t)
+            for s, c, z, g, t in zip(
+                b["states"], b["scalars"], b["coalitions"], b["gains"], b["totals"], strict=True
+            )
+        ]
+        self.steps, self.pairs, self.audit_error, self.audits = state["progress"]
+        self.pretrained = bool(state["pretrained"])

@@ -58,20 +58,29 @@ def test_explain_refuses_bad_input(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "shapetune prepare" in missing.output
 
 
-def test_amortized_credit_is_explained_with_the_network_a_run_trained(tmp_path: Path) -> None:
+def test_amortized_credit_is_explained_with_the_network_a_run_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train` builds the RM's explainer first (small here: the defaults take ~20 s on the
+    synthetic task), then explains with the network as the run left it."""
+    from trainers import explainer
+
+    small = explainer.ExplainerSettings(responses=96, pairs=2, epochs=2)
+    monkeypatch.setattr(explainer, "DEFAULT", small)
     synthetic = ["--task", "synthetic", "-o", "n_words=16", "-o", "response_length=6"]
     run_dir = tmp_path / "run"
     trained = runner.invoke(
         app,
         [
             *("train", *synthetic, "--weights", "amortized=0.5,sparse=0.5", "--steps", "3"),
-            *("-m", "amortized.label_fraction=0.25", "-m", "shapley.permutations=4"),
+            *("-m", "amortized.pairs=2", "-m", "shapley.permutations=4"),
             *("--ppo", "rollout_batch=8", "--ppo", "minibatch=4", "--ppo", "epochs=1"),
             *("--eval-prompts", "8", "--device", "cpu", "--threads", "1"),
-            *("--run-dir", str(run_dir)),
+            *("--run-dir", str(run_dir), "--home", str(tmp_path)),
         ],
     )
     assert trained.exit_code == 0, trained.output
+    assert len(list((tmp_path / "explainers").iterdir())) == 2  # the explainer and its lock
     explain = ["explain", *synthetic, "--prompt", "w1", "--response", "w3 w4 w5", "-m", "amortized"]
     untrained = runner.invoke(app, explain)
     assert untrained.exit_code == 2 and "explain --checkpoint RUN_DIR" in untrained.output

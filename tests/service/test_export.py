@@ -21,9 +21,11 @@ from service.cli import app
 from service.store.studies import create_study
 from service.tuning.contracts import TrialRecord
 from service.tuning.spec import StudySpec, parse_spec
+from shaping.attribution.amortized import AmortizedAttributor
 from shaping.batch import RolloutBatch
-from shaping.scorer import RewardScorer
-from shaping.shaper import Shaper
+from trainers import explainer
+from trainers.explainer import ExplainerSettings
+from trainers.models import build_shaper
 from trainers.portable_shape import PortableShape, ShapedRewards, ShapeFileError
 from trainers.tasks import make_task
 from trainers.tasks.imdb.prepare import Prepared
@@ -38,11 +40,12 @@ def _study(
 ) -> StudySpec:
     """A stored study whose completed trials are the sparse arm (0.1) and `best` (0.3)."""
     spec = parse_spec(
-        make_spec(task=task, methods=list(SHAPE), budget=2, seeds=2, seed=3, executor="inline")
+        make_spec(task=task, methods=list(best), budget=2, seeds=2, seed=3, executor="inline")
     )
     create_study(url, spec.name, spec.stored())
     study = optuna.create_study(study_name=spec.name, storage=url, direction="maximize")
-    arms = [("pure sparse", {"sparse": 1.0, "red": 0.0, "shapley": 0.0}, 0.1), ("", best, 0.3)]
+    sparse = {m: float(m == "sparse") for m in best}
+    arms = [("pure sparse", sparse, 0.1), ("", best, 0.3)]
     for k, (label, weights, value) in enumerate(arms):
         record = TrialRecord(label=label, weights=weights, seed_values=[value, value])
         study.add_trial(
@@ -128,8 +131,14 @@ def test_the_best_trial_exports_with_the_rewards_of_the_studys_own_shaper(
     task, padded = _batch(tiny_home)
     shaped = ShapedRewards.load(out / "shape.json", task.tokenizer)(*padded)
     config_of_trial = spec.train_config(SHAPE, {}, seed=3)
-    scorer = RewardScorer(task.load_reward_model(), policy_tokenizer=task.tokenizer)
-    own = Shaper(scorer, config_of_trial.shaping.weights, config_of_trial.method_options())
+    own = build_shaper(  # as the inner run builds it (masked variants in bf16 where native)
+        task.load_reward_model(),
+        config_of_trial.shaping,
+        config_of_trial.method_options(),
+        task.tokenizer,
+        torch.device("cpu"),
+    )
+    scorer = own.scorer
     prompts = [r[m.bool()].tolist() for r, m in zip(padded[0], padded[1], strict=True)]
     responses = [r[m.bool()].tolist() for r, m in zip(padded[2], padded[3], strict=True)]
     scores = scorer.score_responses(prompts, responses)
@@ -137,6 +146,30 @@ def test_the_best_trial_exports_with_the_rewards_of_the_studys_own_shaper(
     width = expected.shape[1]
     torch.testing.assert_close(shaped.rewards[:, :width], expected, atol=1e-6, rtol=0)
     assert not shaped.rewards[:, width:].any()
+
+
+def test_an_amortized_shape_travels_with_its_reward_models_explainer(
+    tiny_home: Path,
+    tiny_prepared: Prepared,
+    tmp_path: Path,
+    make_spec: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The explainer the study's runs started from (built here first) is exported beside
+    shape.json, and the exported shaper starts from it."""
+    monkeypatch.setattr(explainer, "DEFAULT", ExplainerSettings(responses=96, pairs=2, epochs=2))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = _study(url, make_spec, TINY_IMDB, {"sparse": 0.5, "amortized": 0.5})
+    out = tmp_path / "exported"
+    result = _export(tiny_home, url, spec.name, str(out), "--to", "verl")
+    assert result.exit_code == 0, result.output
+    built = next((tiny_home / "explainers").glob("*/explainer.pt"))
+    assert (out / "explainer.pt").read_bytes() == built.read_bytes()
+    task, padded = _batch(tiny_home)
+    shaped = ShapedRewards.load(out / "shape.json", task.tokenizer)
+    amortized = shaped.shaper.attributors["amortized"]
+    assert isinstance(amortized, AmortizedAttributor) and amortized.pretrained
+    assert torch.isfinite(shaped(*padded).rewards).all()
 
 
 def test_copy_rm_makes_an_export_that_travels(

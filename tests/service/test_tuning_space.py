@@ -111,7 +111,7 @@ def test_suggest_asks_for_k_minus_1_weights_and_the_knobs() -> None:
 
 
 def test_a_method_option_is_a_knob_the_study_searches() -> None:
-    """`amortized.label_fraction` (any numeric method option) is searched like a PPO knob
+    """`amortized.prior` (any numeric method option) is searched like a PPO knob
     and reaches the inner run's method options; other options are refused, by name."""
     from service.tuning.spec import SpecError, corner_configs
 
@@ -121,10 +121,10 @@ def test_a_method_option_is_a_knob_the_study_searches() -> None:
             "task": {"name": "synthetic"},
             "methods": ["sparse", "amortized"],
             "knobs": {
-                "amortized.label_fraction": {"low": 0.05, "high": 0.5},
+                "amortized.prior": {"low": 0.05, "high": 0.5},
                 "lr": {"low": 1e-4, "high": 1e-3},
             },
-            "inner": {"shaping": {"options": {"amortized": {"teacher": "lime"}}}},
+            "inner": {"shaping": {"options": {"amortized": {"audit_every": 2}}}},
             "budget": 4,
         }
     )
@@ -132,22 +132,18 @@ def test_a_method_option_is_a_knob_the_study_searches() -> None:
     weights, knobs = space.suggest(trial, spec)
     config = spec.train_config(weights, knobs, seed=0)
     options = config.shaping.options["amortized"]
-    assert options == {"teacher": "lime", "label_fraction": knobs["amortized.label_fraction"]}
+    assert options == {"audit_every": 2, "prior": knobs["amortized.prior"]}
     assert config.ppo.lr == knobs["lr"]
     low, high = corner_configs(spec)
-    assert [c.shaping.options["amortized"]["label_fraction"] for c in (low, high)] == [0.05, 0.5]
+    assert [c.shaping.options["amortized"]["prior"] for c in (low, high)] == [0.05, 0.5]
     for bad, words in [
         ("amortized.teacher", "unknown knob(s) ['amortized.teacher']"),
         ("magic.beta", "unknown knob(s) ['magic.beta']"),
     ]:
         with pytest.raises(SpecError, match=re.escape(words)):
             parse_spec({**spec.stored(), "knobs": {bad: {"low": 0.1, "high": 0.2}}})
-    with pytest.raises(SpecError, match=r"amortized.label_fraction=2\.0 is invalid"):
-        parse_spec(
-            {**spec.stored(), "knobs": {"amortized.label_fraction": {"low": 0.1, "high": 2.0}}}
-        )
-    searched_and_set = {"shaping": {"options": {"amortized": {"label_fraction": 0.3}}}}
-    with pytest.raises(
-        SpecError, match=r"remove inner\.shaping\.options\.amortized\.label_fraction"
-    ):
+    with pytest.raises(SpecError, match=r"amortized.prior=2000000\.0 is invalid"):
+        parse_spec({**spec.stored(), "knobs": {"amortized.prior": {"low": 0.1, "high": 2e6}}})
+    searched_and_set = {"shaping": {"options": {"amortized": {"prior": 0.3}}}}
+    with pytest.raises(SpecError, match=r"remove inner\.shaping\.options\.amortized\.prior"):
         parse_spec({**spec.stored(), "inner": searched_and_set})

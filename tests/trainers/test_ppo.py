@@ -181,15 +181,14 @@ def test_imdb_tiny_run_with_the_reward_model_critic(
 def test_resume_after_a_stop_equals_the_uninterrupted_run(method: str, tmp_path: Path) -> None:
     # Sampled Shapley values (more players than max_exact_players) draw from the
     # attributor's own RNG: the resumed run must continue that stream as well; amortized
-    # credit, its network, optimizer, replay buffer and error estimates too.
+    # credit, its network, optimizer, replay buffer, pairs and audit error too.
     cfg = config(
         {method: 0.5, "sparse": 0.5},
         {
             "shapley": {"max_exact_players": 2, "permutations": 4},
-            # LIME, not Shapley: on this game sampled Shapley values are exact (an antithetic
-            # pair splits a pairwise interaction evenly), so its draws would change nothing.
-            "amortized": {"label_fraction": 0.25, "teacher": "lime"},
-            "lime": {"num_samples": 16},
+            # Its coalitions, its network's online training and its audits (by the sampled
+            # Shapley above) all draw from its own generator.
+            "amortized": {"pairs": 2, "audit_every": 2},
         },
         steps=4,
         eval_interval=2,
@@ -263,7 +262,7 @@ def test_a_nan_reward_stops_the_run_naming_step_and_phase() -> None:
         ),
         (
             lambda: ShapingConfig({"sparse": 1.0}, coalition_dtype="float16"),  # type: ignore[arg-type]
-            "shaping.coalition_dtype='float16'.*float32 or bfloat16",
+            "shaping.coalition_dtype='float16'.*auto, float32 or bfloat16",
         ),
         (lambda: PPOConfig(rollout_batch=10, minibatch=4), "ppo.minibatch=4.*divide"),
         (lambda: PPOConfig(rollout_batch=1, minibatch=1), "ppo.rollout_batch=1.*at least 2"),
