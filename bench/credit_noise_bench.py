@@ -149,12 +149,14 @@ def main() -> None:
     arms += ["amortized"] if a.amortized else []
     if REFERENCE not in arms:
         parser.error("--noise must include 0: the arms are compared with it")
-    settings = json.dumps({k: v for k, v in args.items() if k not in ("home",)}, sort_keys=True)
+    # Seeds are left out: a later sitting with more seeds reuses the runs of this one.
+    kept = {k: v for k, v in args.items() if k not in ("home", "seeds")}
+    settings = json.dumps(kept, sort_keys=True)
     keep = Path(args["home"]) / "bench" / "credit-noise"
     keep /= f"{a.task}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
     keep.mkdir(parents=True, exist_ok=True)
     todo = [(arm, s) for s in range(a.seeds) for arm in arms]
-    runs = [json.loads(p.read_text()) for p in keep.glob("*.json")]
+    runs = [r for p in keep.glob("*.json") if (r := json.loads(p.read_text()))["seed"] < a.seeds]
     done = {(r["arm"], r["seed"]) for r in runs}
     if a.amortized:  # built once here, before two runs race to build it
         from trainers.explainer import ensure_explainer, explainers_root

@@ -34,6 +34,7 @@ from trainers.tasks.base import Task
 from trainers.tasks.cache import cached_stage, file_sha256, key_hash
 
 NET = "explainer.pt"
+CPU = torch.device("cpu")
 Progress = Callable[[str, int, int], None]
 """(what, done, total): how far a build is."""
 
@@ -107,9 +108,11 @@ def ensure_explainer(
     settings: ExplainerSettings | None = None,
     on_progress: Progress = _no_progress,
     force: bool = False,
+    device: torch.device = CPU,
 ) -> ExplainerStage:
     """The cached explainer of `task`'s reward model for responses of up to
-    `response_length` tokens, built first if missing or invalid."""
+    `response_length` tokens, built first (sampling and scoring on `device`) if missing or
+    invalid."""
     settings = settings or DEFAULT
     key = {
         "stage": "explainer",
@@ -123,7 +126,7 @@ def ensure_explainer(
             root,
             name,
             key,
-            lambda out: build_explainer(task, response_length, settings, out, on_progress),
+            lambda out: build_explainer(task, response_length, settings, out, on_progress, device),
             force=force,
         )
     return ExplainerStage(load_net(record.path / NET), record.path, record.info, record.built)
@@ -135,30 +138,34 @@ def build_explainer(
     settings: ExplainerSettings,
     out: Path,
     on_progress: Progress = _no_progress,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
     """Sample, score and train; write the network to `out`; return the build's figures."""
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
-        data, rows = _collect(task, response_length, settings, on_progress)
+        data, rows = collect(task, response_length, settings, on_progress, device)
         sampled = time.perf_counter() - started
-        net, fit = _train(data, settings, on_progress)
+        net, figures = fit(data, settings, on_progress)
     save_net(net, out / NET)
     return {
         "responses": len(data),
         "rm_rows": rows,
         "sample_and_score_seconds": round(sampled, 1),
         "train_seconds": round(time.perf_counter() - started - sampled, 1),
-        **fit,
+        **figures,
     }
 
 
-def _collect(
-    task: Task, response_length: int, settings: ExplainerSettings, on_progress: Progress
+def collect(
+    task: Task,
+    response_length: int,
+    settings: ExplainerSettings,
+    on_progress: Progress,
+    device: torch.device = CPU,
 ) -> tuple[list[Inputs], int]:
     """Every response's network inputs and scored coalitions, and the RM rows they cost."""
-    device = torch.device("cpu")
-    policy = task.load_policy().eval()
+    policy = task.load_policy().eval().to(device)
     tok = task.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     shaper = build_shaper(
@@ -188,7 +195,7 @@ def _collect(
     return data, scorer.stats.rows
 
 
-def _train(
+def fit(
     data: list[Inputs], settings: ExplainerSettings, on_progress: Progress
 ) -> tuple[CreditNet, dict[str, Any]]:
     """FastSHAP on the scored coalitions; the epoch that fits held-out responses best."""

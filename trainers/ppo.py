@@ -172,7 +172,7 @@ def build_run(config: TrainConfig, task: Task, explainers: Path | None = None) -
     amortized = shaper.attributors.get("amortized")
     if isinstance(amortized, AmortizedAttributor) and explainers is not None:
         length = config.ppo.response_length or task.response_length
-        amortized.use_explainer(ensure_explainer(task, length, explainers).net)
+        amortized.use_explainer(ensure_explainer(task, length, explainers, device=device).net)
     train_prompts, eval_prompts = _prompts(task)
     sampling, evaluation = _generation_configs(config, task)
     return Run(

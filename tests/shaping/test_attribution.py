@@ -272,7 +272,7 @@ BAD_VALUES = [None, "bogus", float("nan"), float("inf"), 2.5, [1]]
         for n in METHODS
         for k in constructor_options(n)
         for v in BAD_VALUES
-        if not ATTRIBUTORS[n].options[k].accepts(v)  # 2.5 is a fine amortized.error_ratio
+        if not ATTRIBUTORS[n].options[k].accepts(v)  # 2.5 is a fine amortized.prior
     ],
     ids=repr,
 )
