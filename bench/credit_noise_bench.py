@@ -16,7 +16,8 @@ the return is conserved), drawn from a generator of the run's own. Every arm's c
 starts where the fair sparse baseline's does (the RM on imdb-sentiment, the policy on the
 synthetic task, whose RM is no transformer). Outcome: held-out RM reward averaged over
 training (AUC) and at the end; each arm minus "noise 0" per seed, with a 95 % t interval,
-and the verdict against the margin: a fifth of what exact credit gains over sparse.
+and the verdict at a study's default margin: a fifth of what sparse gains over the initial
+policy.
 
 Each run is kept as JSON under `$SHAPETUNE_HOME/bench/credit-noise/<task>-<settings>/` as it
 ends: a stopped sitting resumes. Two runs at a time, one torch thread each. Writes JSON and a
@@ -49,32 +50,13 @@ def noisy(credits: Any, mask: Any, r: float, generator: Any) -> Any:
     return credits + r * scale * z
 
 
-def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from shaping.attribution.shapley import ShapleyAttributor
+def run_config(method: str, seed: int, args: dict[str, Any]) -> Any:
     from trainers.config import TrainConfig
-    from trainers.explainer import explainers_root
-    from trainers.ppo import train
-    from trainers.signals import area_under_curve
-    from trainers.tasks import make_task
 
-    torch.set_num_threads(1)
     synthetic = args["task"] == "synthetic"
-    method = arm if arm in ("sparse", "amortized") else "shapley"
-    if method == "shapley":
-        r = float(arm.split()[1])
-        original = ShapleyAttributor._credits
-        generator = torch.Generator().manual_seed(10_000 + seed)
-
-        def with_noise(self: ShapleyAttributor, batch: Any) -> Any:
-            credits = original(self, batch)
-            return noisy(credits, batch.response_mask.float(), r, generator) if r else credits
-
-        ShapleyAttributor._credits = with_noise  # type: ignore[method-assign]
     options = {"shapley": {"max_exact_players": 16}} if synthetic else {}
     task_options = {"response_length": args["length"]} if synthetic else {}
-    config = TrainConfig.from_dict(
+    return TrainConfig.from_dict(
         {
             "task": {"name": args["task"], "options": task_options},
             "shaping": {"weights": {method: 1.0}, "options": options},
@@ -94,9 +76,49 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
             "torch_threads": 1,
         }
     )
+
+
+def initial_reward(args: dict[str, Any]) -> float:
+    """The held-out reward of the initial policy: every run's step 0 (the evaluation's
+    noise is common to all runs)."""
+    from trainers.ppo import build_run, evaluate
+    from trainers.tasks import make_task
+
+    config = run_config("sparse", 0, args)
+    task = make_task(args["task"], Path(args["home"]), **config.task.options)
+    return evaluate(build_run(config, task), 0).metrics["eval/rm_mean"]
+
+
+def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
+    """One PPO run of `arm`; its outcome and cost."""
+    import torch
+
+    from shaping.attribution.shapley import ShapleyAttributor
+    from trainers.explainer import explainers_root
+    from trainers.ppo import train
+    from trainers.signals import area_under_curve
+    from trainers.tasks import make_task
+
+    torch.set_num_threads(1)
+    method = arm if arm in ("sparse", "amortized") else "shapley"
+    config = run_config(method, seed, args)
     home = Path(args["home"])
-    task = make_task(args["task"], home, **task_options)
-    result = train(config, task, explainers=explainers_root(home))
+    task = make_task(args["task"], home, **config.task.options)
+    # The noise goes into this run's Shapley credits only: a pool's process runs many arms
+    # one after another, and an amortized run's audits ask Shapley too.
+    original = ShapleyAttributor._credits
+    if method == "shapley" and (r := float(arm.split()[1])):
+        generator = torch.Generator().manual_seed(10_000 + seed)
+
+        def with_noise(self: ShapleyAttributor, batch: Any) -> Any:
+            credits = original(self, batch)
+            return noisy(credits, batch.response_mask.float(), r, generator)
+
+        ShapleyAttributor._credits = with_noise  # type: ignore[method-assign]
+    try:
+        result = train(config, task, explainers=explainers_root(home))
+    finally:
+        ShapleyAttributor._credits = original  # type: ignore[method-assign]
     curves = {int(s): m for s, m in result.curves.items()}
     return {
         "arm": arm,
@@ -109,14 +131,17 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarize(runs: list[dict[str, Any]], arms: list[str], seeds: int) -> dict[str, Any]:
-    from service.tuning.verdict import decide, estimate
+def summarize(
+    runs: list[dict[str, Any]], arms: list[str], seeds: int, initial: float
+) -> dict[str, Any]:
+    """Each arm minus noise 0, paired by seed, and its verdict at the tool's margin: a fifth
+    of what sparse gains over the initial policy (a study's default `margin`)."""
+    from service.tuning.verdict import decide, equivalence_margin, estimate
 
     by = {(r["arm"], r["seed"]): r for r in runs}
     out: dict[str, Any] = {}
     for key in ("auc", "final"):
-        gain = [by[(REFERENCE, s)][key] - by[("sparse", s)][key] for s in range(seeds)]
-        margin = 0.2 * abs(statistics.fmean(gain))
+        margin = equivalence_margin(0.2, [by[("sparse", s)][key] - initial for s in range(seeds)])
         table = {}
         for arm in arms:
             if arm == REFERENCE:
@@ -177,7 +202,8 @@ def main() -> None:
         "machine": machine(),
         "args": args,
         "runs": sorted(runs, key=lambda r: (arms.index(r["arm"]), r["seed"])),
-        "summary": summarize(runs, arms, a.seeds),
+        "initial": (initial := initial_reward(args)),
+        "summary": summarize(runs, arms, a.seeds, initial),
     }
     out = a.out or Path(f"bench/results/credit-noise-{a.task}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -188,8 +214,9 @@ def table(result: dict[str, Any], arms: list[str]) -> str:
     lines = [
         f"# Credit error against PPO outcome: {result['args']['task']}\n",
         f"`bench/credit_noise_bench.py`, args {result['args']}; machine {result['machine']}.\n",
-        "Each arm minus exact-quality credit (noise 0), paired by seed, mean and 95 % CI; "
-        "verdict against a margin of a fifth of what noise 0 gains over sparse.\n",
+        "Each arm minus token Shapley without noise (noise 0), paired by seed, mean and 95 % "
+        "CI; the verdict at a study's default margin, a fifth of what sparse gains over the "
+        f"initial policy (held-out reward {result['initial']:.4f}).\n",
     ]
     for key in ("auc", "final"):
         s = result["summary"][key]

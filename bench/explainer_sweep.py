@@ -50,8 +50,8 @@ def test_batch(task: Any, attributor: AmortizedAttributor, n: int, length: int) 
 
 def first_pairs(x: Inputs, k: int) -> Inputs:
     """The response's first k pairs (a pair is row j and row j + P)."""
-    P = x.coalitions.shape[0] // 2
-    keep = [*range(k), *range(P, P + k)]
+    P = x.coalitions.shape[0] // 2  # 0 for a one-token response: nothing to keep
+    keep = [*range(min(k, P)), *range(P, P + min(k, P))]
     return replace(x, coalitions=x.coalitions[keep], gains=x.gains[keep])
 
 
@@ -73,9 +73,16 @@ def main() -> None:
     pairs = [int(k) for k in a.pairs.split(",")]
     sizes = [tuple(map(int, s.split("x"))) for s in a.sizes.split(",")]
     most = ExplainerSettings(responses=max(counts), pairs=max(pairs), epochs=a.epochs)
-    started = time.perf_counter()
-    data, _ = collect(task, a.length, most, lambda *_: None)
-    collect_seconds = time.perf_counter() - started
+    # Kept: collecting is most of the time, and a sitting that fails later reuses it.
+    saved = Path(a.home).expanduser() / "bench" / f"explainer-sweep-{max(counts)}x{max(pairs)}.pt"
+    if saved.is_file():
+        data, collect_seconds = torch.load(saved, weights_only=False)
+    else:
+        started = time.perf_counter()
+        data, _ = collect(task, a.length, most, lambda *_: None)
+        collect_seconds = time.perf_counter() - started
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        torch.save((data, collect_seconds), saved)
     print(f"collected {len(data)} responses in {collect_seconds:.0f} s", flush=True)
 
     shaper = build_shaper(
