@@ -64,10 +64,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--test", type=int, default=48)
     parser.add_argument("--reference-permutations", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--home", default=os.environ.get("SHAPETUNE_HOME", "~/.shapetune"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/explainer-sweep.json"))
     a = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     task = make_task("imdb-sentiment", Path(a.home).expanduser())
     counts = [int(n) for n in a.responses.split(",")]
     pairs = [int(k) for k in a.pairs.split(",")]

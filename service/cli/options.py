@@ -194,3 +194,28 @@ class LogProgress:
         elapsed = now - state["started"]
         words = [state["description"], f"{state['done']:g}/{total}", f"{elapsed:.0f} s", event]
         self.console.print(" | ".join(w for w in words if w), markup=False, highlight=False)
+
+
+def stage_rows(bar: Progress | LogProgress) -> Callable[..., None]:
+    """One row of `bar` per stage of a build (`prepare`'s, the explainer's), added when the
+    stage is first reported: an `on_progress` for `trainers.tasks.imdb.prepare.prepare` and
+    `trainers.explainer.ensure_explainer`."""
+    rows: dict[str, TaskID] = {}
+
+    def show(stage: str, done: int, total: int, *, cached: bool = False) -> None:
+        if stage not in rows:
+            if not cached:  # a build has loaded transformers, whose own bars would break ours
+                quiet_transformers()
+            rows[stage] = bar.add_task(f"{stage} (cached)" if cached else stage, total=total)
+        bar.update(rows[stage], completed=done, total=total)
+
+    return show
+
+
+def quiet_transformers() -> None:
+    """No weight-loading bars, and no padding warning for generate's finished rows (the
+    trainer masks everything after a response's EOS itself)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -31,6 +31,7 @@ from service.cli.options import (
     resolve_home,
     resolve_storage,
     setup_logging,
+    stage_rows,
 )
 from service.cli.sources import LocalSource, RemoteSource, SourceError, study_source
 from service.formatting import number
@@ -293,7 +294,6 @@ def _stored_spec(database: str, name: str) -> Any:
 
 def _build_explainer(spec: Any, home: Path) -> None:
     """The reward model's explainer, which every `amortized` run of the study starts from."""
-    from service.cli.tasks import stage_rows
     from service.tuning.spec import corner_configs
     from trainers.explainer import ensure_explainer, explainers_root
     from trainers.tasks import make_task

@@ -5,26 +5,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from service.cli import render
 from service.cli.options import (
     HomeOption,
-    LogProgress,
     TaskOption,
     console,
     fail,
     progress_bar,
+    quiet_transformers,
     resolve_home,
     setup_logging,
+    stage_rows,
 )
-
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
-    from trainers.tasks.imdb.prepare import OnProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -79,29 +75,6 @@ def prepare(
     render.print_prepared(
         result, f"imdb-sentiment ({size}, seed {seed}) in {result.root}", cache_bytes
     )
-
-
-def stage_rows(bar: Progress | LogProgress) -> OnProgress:
-    """One row of `bar` per stage of `prepare`, added when the stage is first reported."""
-    rows: dict[str, TaskID] = {}
-
-    def show(stage: str, done: int, total: int, *, cached: bool = False) -> None:
-        if stage not in rows:
-            if not cached:  # a build has loaded transformers, whose own bars would break ours
-                _quiet_transformers()
-            rows[stage] = bar.add_task(f"{stage} (cached)" if cached else stage, total=total)
-        bar.update(rows[stage], completed=done, total=total)
-
-    return show
-
-
-def _quiet_transformers() -> None:
-    """No weight-loading bars, and no padding warning for generate's finished rows (the
-    trainer masks everything after a response's EOS itself)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def explain(
@@ -246,7 +219,7 @@ def train(
     from trainers.tasks import TaskError, make_task
 
     setup_logging(verbose=False)
-    _quiet_transformers()
+    quiet_transformers()
     folder = (
         run_dir
         or resolve_home(home) / "runs" / f"train-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
