@@ -295,14 +295,18 @@ def _stored_spec(database: str, name: str) -> Any:
 def _build_explainer(spec: Any, home: Path) -> None:
     """The reward model's explainer, which every `amortized` run of the study starts from."""
     from service.tuning.spec import corner_configs
+    from shaping.reward_model import NoStatesError
     from trainers.explainer import ensure_explainer, explainers_root
     from trainers.tasks import make_task
 
     config = corner_configs(spec)[0]
-    task = make_task(config.task.name, home, **config.task.options)
-    length = config.ppo.response_length or task.response_length
-    with progress_bar() as bar:
-        ensure_explainer(task, length, explainers_root(home), on_progress=stage_rows(bar))
+    try:
+        task = make_task(config.task.name, home, **config.task.options)
+        length = config.ppo.response_length or task.response_length
+        with progress_bar() as bar:
+            ensure_explainer(task, length, explainers_root(home), on_progress=stage_rows(bar))
+    except (ValueError, NoStatesError, OSError) as e:
+        raise fail(f"the reward model's explainer (for amortized) could not be built: {e}") from e
 
 
 def _drive(
@@ -347,7 +351,11 @@ def _drive(
         f"{runner.slots} inner run(s) at once, store {safe_url(database)}"
     )
     if "amortized" in spec.methods:  # built here once, with its bars, not by a worker
-        _build_explainer(spec, home)
+        try:
+            _build_explainer(spec, home)
+        except typer.Exit:
+            runner.shutdown()
+            raise
     started = time.monotonic()
     with progress_bar() as bar:
         job = bar.add_task("trials", total=spec.budget)

@@ -212,6 +212,7 @@ def train(
     import time
 
     from service.curves import learning_curve_png
+    from shaping.reward_model import NoStatesError
     from trainers.config import PPOConfig, ShapingConfig, TaskConfig, TrainConfig
     from trainers.explainer import ensure_explainer, explainers_root
     from trainers.ppo import Hooks, TrainingError, check_config
@@ -250,9 +251,12 @@ def train(
     console.print(f"run folder: {folder}")
     explainers = explainers_root(resolve_home(home))
     if config.shaping.weights.get("amortized", 0) > 0:  # its explainer first, with its own bars
-        with progress_bar() as bar:
-            length = config.ppo.response_length or task.response_length
-            ensure_explainer(task, length, explainers, on_progress=stage_rows(bar))
+        try:
+            with progress_bar() as bar:
+                length = config.ppo.response_length or task.response_length
+                ensure_explainer(task, length, explainers, on_progress=stage_rows(bar))
+        except (ValueError, NoStatesError, OSError) as e:
+            raise fail(f"the reward model's explainer could not be built: {e}") from e
     with progress_bar() as bar:
         job = bar.add_task("PPO", total=steps)
 

@@ -90,3 +90,27 @@ def test_amortized_credit_is_explained_with_the_network_a_run_trained(
     assert "amortized" in result.output
     missing = runner.invoke(app, [*explain, "--checkpoint", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "holds no checkpoint" in missing.output
+
+
+def test_an_explainer_that_cannot_be_built_is_a_named_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shaping.reward_model import NoStatesError
+    from trainers import explainer
+
+    def stateless(*args: object, **kwargs: object) -> None:
+        raise NoStatesError(object())
+
+    monkeypatch.setattr(explainer, "ensure_explainer", stateless)
+    synthetic = ["--task", "synthetic", "-o", "n_words=16", "-o", "response_length=6"]
+    result = runner.invoke(
+        app,
+        [
+            *("train", *synthetic, "--weights", "amortized=1", "--steps", "1"),
+            *("--run-dir", str(tmp_path / "run"), "--home", str(tmp_path)),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "explainer could not be built" in result.output
+    assert "scores_and_states" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
