@@ -115,10 +115,10 @@ def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_be
     real = inner.train
     calls = {"n": 0}
 
-    def crash_in_trial_4(config: Any, task: Any, hooks: inner.Hooks) -> Any:
+    def crash_in_trial_4(config: Any, task: Any, hooks: inner.Hooks, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] != 10:  # trial 4, seed 1: every trial before ran both its seeds
-            return real(config, task, hooks)
+            return real(config, task, hooks, **kwargs)
         report_on = hooks.report
 
         def report_then_crash(step: int, metrics: dict[str, float]) -> None:
@@ -126,7 +126,7 @@ def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_be
             if step == 1:
                 raise KeyboardInterrupt
 
-        return real(config, task, replace(hooks, report=report_then_crash))
+        return real(config, task, replace(hooks, report=report_then_crash), **kwargs)
 
     monkeypatch.setattr(inner, "train", crash_in_trial_4)
     with pytest.raises(KeyboardInterrupt):
@@ -327,14 +327,14 @@ def test_a_pruned_trial_stops_its_seeds_running_beside_it(
     executor = LockstepExecutor()
     real = inner.train
 
-    def in_lockstep(config: Any, task: Any, hooks: inner.Hooks) -> Any:
+    def in_lockstep(config: Any, task: Any, hooks: inner.Hooks, **kwargs: Any) -> Any:
         report_on = hooks.report
 
         def report(step: int, metrics: dict[str, float]) -> None:
             report_on(step, metrics)  # judged first: the other seed then sees the verdict
             executor.reported(step)
 
-        return real(config, task, replace(hooks, report=report))
+        return real(config, task, replace(hooks, report=report), **kwargs)
 
     monkeypatch.setattr(inner, "train", in_lockstep)
     url = f"sqlite:///{tmp_path / 'studies.db'}"
