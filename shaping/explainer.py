@@ -43,7 +43,10 @@ def token_scalars(prefix: torch.Tensor | None, T: int) -> torch.Tensor:
 
 
 class CreditNet(torch.nn.Module):
-    """Hidden states (B, T, H) and scalars (B, T, SCALARS) -> raw credits (B, T)."""
+    """Hidden states (B, T, H) and scalars (B, T, SCALARS) -> raw credits (B, T).
+
+    Kept in training mode, as built (it has no dropout): a loaded explainer, a fresh network
+    and one restored from a run's checkpoint all run the same code path."""
 
     def __init__(self, hidden: int, width: int = 128, layers: int = 2, heads: int = 4) -> None:
         super().__init__()
@@ -85,7 +88,7 @@ def save_net(net: CreditNet, path: Path) -> None:
 
 def load_net(path: Path) -> CreditNet:
     saved = torch.load(path, weights_only=True)
-    return CreditNet.restore(saved["sizes"], saved["state"]).eval()
+    return CreditNet.restore(saved["sizes"], saved["state"])
 
 
 def efficient(raw: torch.Tensor, total: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -223,7 +223,7 @@ def fit(
             best, best_loss = {k: v.clone() for k, v in net.state_dict().items()}, held_loss
         on_progress("train explainer", epoch, settings.epochs)
     net.load_state_dict(best)
-    return net.eval(), {
+    return net, {
         "held_out_loss": round(best_loss, 5),
         "held_out_r2": round(1 - best_loss / variance, 4),
         "held_out_curve": curve,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from shaping.batch import RolloutBatch
+from trainers import explainer
 from trainers.checkpoint import CHECKPOINT
 from trainers.config import ConfigError, PPOConfig, ShapingConfig, TaskConfig, TrainConfig
 from trainers.models import response_logits, sample
@@ -178,7 +179,9 @@ def test_imdb_tiny_run_with_the_reward_model_critic(
 
 
 @pytest.mark.parametrize("method", ["shapley", "amortized"])
-def test_resume_after_a_stop_equals_the_uninterrupted_run(method: str, tmp_path: Path) -> None:
+def test_resume_after_a_stop_equals_the_uninterrupted_run(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Sampled Shapley values (more players than max_exact_players) draw from the
     # attributor's own RNG: the resumed run must continue that stream as well; amortized
     # credit, its network, optimizer, replay buffer, pairs and audit error too.
@@ -194,13 +197,16 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(method: str, tmp_path:
         eval_interval=2,
         checkpoint_interval=3,
     )
-    whole = train(replace(cfg, run_dir=str(tmp_path / "whole")), synthetic())
+    # Amortized starts from a (small) explainer, as a study's runs do.
+    monkeypatch.setattr(explainer, "DEFAULT", explainer.ExplainerSettings(96, 2, epochs=2))
+    explainers = tmp_path / "explainers"
+    whole = train(replace(cfg, run_dir=str(tmp_path / "whole")), synthetic(), None, explainers)
 
     reported: list[int] = []
     hooks = Hooks(report=lambda s, m: reported.append(s), should_stop=lambda: len(reported) > 2)
-    part = train(replace(cfg, run_dir=str(tmp_path / "part")), synthetic(), hooks)
+    part = train(replace(cfg, run_dir=str(tmp_path / "part")), synthetic(), hooks, explainers)
     assert part.stopped_early and part.steps == 2 and reported == [0, 1, 2]
-    resumed = train(replace(cfg, run_dir=str(tmp_path / "part")), synthetic())
+    resumed = train(replace(cfg, run_dir=str(tmp_path / "part")), synthetic(), None, explainers)
     assert not resumed.stopped_early and resumed.steps == 4
 
     assert set(resumed.curves) == set(whole.curves) == {0, 2, 4}
