@@ -26,8 +26,8 @@ from verl.utils.import_utils import load_extern_object
 from service.export import MODULE, export_verl
 from shaping.batch import RolloutBatch
 from shaping.scorer import RewardScorer
-from shaping.shaper import Shaper
 from trainers.config import ShapingConfig
+from trainers.models import build_shaper
 from trainers.portable_shape import TOKEN_REWARD_ESTIMATORS, PortableShape, ShapeOrigin
 from trainers.tasks import make_task
 from trainers.tasks.base import Task
@@ -93,10 +93,13 @@ def _export(task: Task, weights: dict[str, float], out: Path) -> Path:
 
 
 def _shapers_rewards(task: Task, weights: dict[str, float], data: DataProto) -> torch.Tensor:
-    """What shapetune's own inner run gives the batch: its scorer, its shaper, its batch."""
-    scorer = RewardScorer(task.load_reward_model(), policy_tokenizer=task.tokenizer)
+    """What shapetune's own inner run gives the batch: its scorer, its shaper, its batch
+    (built as the inner run builds them: masked variants in bf16 where the CPU has it)."""
     options = {k: OPTIONS[k] for k in weights if k in OPTIONS}
-    shaper = Shaper(scorer, weights, options)
+    shaping = ShapingConfig(weights, options)
+    rm = task.load_reward_model()
+    shaper = build_shaper(rm, shaping, options, task.tokenizer, torch.device("cpu"))
+    scorer = shaper.scorer
     prompts, responses = _lists(data)
     scores = scorer.score_responses(prompts, responses)
     shaped = shaper(RolloutBatch.from_lists(prompts, responses, scores.tolist(), 0))
