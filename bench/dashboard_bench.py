@@ -283,16 +283,27 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=1000, help="Trials of the big study.")
     parser.add_argument("--studies", type=int, default=4, help="Small studies of 25 beside it.")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="Keep the filled database in this folder, and reuse it when it is there "
+        "(filling 10,000 trials takes minutes).",
+    )
     args = parser.parse_args()
     trials, small = args.trials, args.studies
 
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
+        home = args.keep or Path(tmp)
+        home.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{home / 'studies.db'}"
+        filled = home / f"filled-{trials}-{small}"
         started = time.perf_counter()
-        for k in range(small):
-            fill(url, f"small-{k}", 25, seed=k + 1)
-        fill(url, STUDY, trials)
+        if not filled.exists():
+            for k in range(small):
+                fill(url, f"small-{k}", 25, seed=k + 1)
+            fill(url, STUDY, trials)
+            filled.touch()
         fill_s = time.perf_counter() - started
         print(f"filled {trials} + {small} x 25 trials in {fill_s:.0f} s", file=sys.stderr)
 
@@ -312,7 +323,12 @@ def main() -> None:
         )
         pages_http = time_urls(
             port,
-            {"page: studies": "/", "page: study": f"/studies/{STUDY}", "page: trial": trial},
+            {
+                "page: studies": "/",
+                "page: study": f"/studies/{STUDY}",
+                "page: study, its last trials": f"/studies/{STUDY}?offset={trials - 100}",
+                "page: trial": trial,
+            },
             args.requests,
         )
         if args.screenshots:

@@ -42,7 +42,7 @@ def one(nodes: int) -> dict[str, float]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only
     from ray.cluster_utils import Cluster
 
-    from service.tuning.admission import admit_executor
+    from service.tuning.admission import executor_for
     from service.tuning.loop import run_study
     from service.tuning.spec import parse_spec
 
@@ -53,7 +53,7 @@ def one(nodes: int) -> dict[str, float]:
     cluster.wait_for_nodes()
     spec = parse_spec(STUDY)
     with tempfile.TemporaryDirectory() as home:
-        executor = admit_executor(spec, None, cluster.address)
+        executor = executor_for(spec, None, cluster.address)
         started = time.perf_counter()
         run_study(spec, f"sqlite:///{home}/studies.db", Path(home), executor)
         seconds = time.perf_counter() - started

@@ -4,7 +4,7 @@ A local `shapetune run` trusts its user; a remote one must not read the server's
 exhaust it. On top of the spec's own validation (`parse_spec`): model directories and
 prompt files only under the folders the operator configured (symlinks resolved, no `..`),
 sizes within the server's limits, and the server's own database. Then the one admission
-path every spec takes (`service.tuning.admission.check_runnable`).
+path every spec takes (`service.tuning.admission.admit`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import Settings
-from service.tuning.admission import check_resources_here, check_runnable, check_warm_start_here
-from service.tuning.spec import SpecError, StudySpec, TaskSpec, corner_configs, parse_spec
+from service.tuning.admission import admit as admit_here
+from service.tuning.spec import SpecError, StudySpec, TaskSpec, parse_spec
 
 PATH_OPTIONS: dict[str, dict[str, str]] = {
     "hf": {"policy": "model", "reward_model": "model", "prompts": "prompt"},
@@ -37,14 +37,12 @@ def admit(data: Any, settings: Settings) -> StudySpec:
         raise SpecError(problems)
     # Store the resolved paths: a symlink swapped after admission cannot redirect the run.
     spec = spec.model_copy(update={"task": TaskSpec(name=spec.task.name, options=options)})
-    check_runnable(spec, settings.resolved_home())
-    check_warm_start_here(spec, settings.storage_url())
-    check_resources_here(spec, settings.executor)
+    admit_here(spec, settings.resolved_home(), settings.storage_url(), settings.executor)
     return spec
 
 
 def _limits(spec: StudySpec, settings: Settings) -> list[str]:
-    config = corner_configs(spec)[0]  # sizes are not searched: every corner has the same
+    config = spec.base  # sizes are not searched
     sizes: list[tuple[str, Any, int, str]] = [
         ("budget", spec.budget, settings.max_budget, "MAX_BUDGET"),
         ("seeds", spec.seeds, settings.max_seeds, "MAX_SEEDS"),

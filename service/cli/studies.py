@@ -108,7 +108,7 @@ def reevaluate(
     at --max-seeds (undecided, with the seeds that would decide it). Kept with the study;
     `status NAME` shows it; run again, it reuses the finished runs."""
     from service.store.studies import StoreError
-    from service.tuning.admission import admit_executor, check_runnable
+    from service.tuning.admission import admit, executor_for
     from service.tuning.reevaluate import RaceSize, ReevaluationError
     from service.tuning.reevaluate import reevaluate as race
     from service.tuning.spec import SpecError
@@ -119,8 +119,8 @@ def reevaluate(
     spec = _stored_spec(database, name)
     try:
         size = RaceSize(arms=arms, min_seeds=seeds, round_seeds=round_seeds, max_seeds=max_seeds)
-        check_runnable(spec, home_dir)
-        runner = admit_executor(spec, executor, ray_address)
+        admit(spec, home_dir, database, executor)
+        runner = executor_for(spec, executor, ray_address)
     except (SpecError, ReevaluationError) as e:
         raise fail(str(e)) from e
     try:
@@ -294,12 +294,11 @@ def _stored_spec(database: str, name: str) -> Any:
 
 def _build_explainer(spec: Any, home: Path) -> None:
     """The reward model's explainer, which every `amortized` run of the study starts from."""
-    from service.tuning.spec import corner_configs
     from shaping.reward_model import NoStatesError
     from trainers.explainer import ensure_explainer, explainers_root
     from trainers.tasks import make_task
 
-    config = corner_configs(spec)[0]
+    config = spec.base
     try:
         task = make_task(config.task.name, home, **config.task.options)
         length = config.ppo.response_length or task.response_length
@@ -322,16 +321,15 @@ def _drive(
     from service.redaction import safe_url
     from service.store.models import StudyStatus
     from service.store.studies import StoreError, StudyExists, get_study
-    from service.tuning.admission import admit_executor, check_runnable, check_warm_start_here
+    from service.tuning.admission import admit, executor_for
     from service.tuning.loop import StudyBusy, run_study
     from service.tuning.spec import SpecError, same_study
 
     setup_logging(verbose=False)
     database = resolve_storage(storage, home)
     try:
-        check_runnable(spec, home)
-        check_warm_start_here(spec, database)
-        runner = admit_executor(spec, executor, ray_address)
+        admit(spec, home, database, executor)
+        runner = executor_for(spec, executor, ray_address)
     except SpecError as e:
         raise fail(str(e)) from e
     try:

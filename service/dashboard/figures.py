@@ -34,6 +34,9 @@ VIRIDIS = (
     "#fde725",
 )
 """Plotly's Viridis in 10 steps: the colours of the parallel-coordinate bins."""
+MAX_PLOTTED = 1_000
+"""Completed trials a study's plots draw at most: a browser takes seconds over 10,000 (see
+`thinned`)."""
 CURVE_POINTS = 20_000
 """Points of the grey learning curves in all: each trial gets its share (10 at least)."""
 SEEDS = ("#1c7ed6", "#e8590c", "#2f9e44", "#ae3ec9", "#f59f00", "#0c8599")
@@ -469,6 +472,41 @@ def importance(detail: dict[str, Any]) -> Figure | None:
             yaxis={"automargin": True},
         ),
     }
+
+
+def thinned(detail: dict[str, Any], limit: int = MAX_PLOTTED) -> tuple[dict[str, Any], str]:
+    """`detail` with at most about `limit` completed trials to plot, and a note saying which
+    (none when all are drawn): the control arms, the best, the Pareto front and every trial
+    that improved the best so far (so the history's line is exact), then the best half of
+    `limit` by objective, then an even spread of the rest by number."""
+    done = _complete(detail)
+    if len(done) <= limit:
+        return detail, ""
+    minimize = detail["direction"] == "minimize"
+    told = [t for t in done if t["value"] is not None]
+    keep = {t["number"] for t in done if t["label"]}
+    keep |= {detail["best_trial"], *detail["pareto_front"]} - {None}
+    record: float | None = None
+    for t in told:
+        if record is None or (t["value"] < record if minimize else t["value"] > record):
+            record = t["value"]
+            keep.add(t["number"])
+    ranked = sorted(told, key=lambda t: t["value"], reverse=not minimize)
+    keep |= {t["number"] for t in ranked[: limit // 2]}
+    rest = [t["number"] for t in done if t["number"] not in keep]
+    room = max(0, limit - len(keep))
+    keep |= {rest[i * len(rest) // room] for i in range(room)} if room else set()
+    shown = {
+        **detail,
+        "trials": [t for t in detail["trials"] if t["number"] in keep],
+        "curves": {n: c for n, c in detail["curves"].items() if n in keep},
+    }
+    note = (
+        f"The plots draw {len(keep)} of the {len(done)} completed trials: the control arms, "
+        f"the best {limit // 2} and every one that improved the best so far, and an even "
+        "spread of the others by trial number."
+    )
+    return shown, note
 
 
 def study_figures(detail: dict[str, Any]) -> dict[str, Figure]:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 import plotly
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -26,12 +26,15 @@ from service.dashboard import figures
 from service.heatmap import sample_table
 from service.read import model as read
 from service.read.model import TrialNotFound
+from service.read.schemas import StudyPublic
 from service.store.models import LIVE
 from service.store.studies import StoreError, StudyNotFound, get_study
 
 router = APIRouter(include_in_schema=False)
 
 REFRESH_S = 5
+PAGE_ROWS = 100
+"""Trials per page of a study's table (its plots show every finished trial)."""
 PLOTLY = f"plotly-{plotly.__version__}.min.js"
 ASSETS = {"dashboard.css": "text/css", "dashboard.js": "text/javascript", PLOTLY: "text/javascript"}
 
@@ -96,27 +99,31 @@ def studies_page(request: Request, where: WhereDep) -> HTMLResponse:
         rows = [s.model_dump() for s in read.studies(where.url).data]
     except StoreError as e:
         return _problem(request, e)
-    for r in rows:
-        both = r["best_value"] is not None and r["sparse_value"] is not None
-        r["gain"] = r["best_value"] - r["sparse_value"] if both else None
     live = any(r["status"] in LIVE for r in rows)
     return _page(request, "studies.html", studies=rows, refresh=REFRESH_S if live else 0)
 
 
 @router.get("/studies/{name}", response_class=HTMLResponse, dependencies=Reader)
-def study_page(request: Request, name: str, where: WhereDep) -> HTMLResponse:
+def study_page(
+    request: Request, name: str, where: WhereDep, offset: Annotated[int, Query(ge=0)] = 0
+) -> HTMLResponse:
     try:
-        detail = _study_view(where.url, name)
+        study = read.study(where.url, name)
+        page = read.trials(where.url, name, offset, PAGE_ROWS)
+        plots, plots_note = _figures(where.url, study)
     except StoreError as e:
         return _problem(request, e)
-    best = detail["trials_by_number"].get(detail["best_trial"])
     return _page(
         request,
         "study.html",
-        s=detail,
-        best=best,
-        figures=figures.study_figures(detail),
-        refresh=REFRESH_S if detail["status"] in LIVE else 0,
+        s=study.model_dump(),
+        rows=[t.model_dump() for t in page.data],
+        count=page.count,
+        offset=offset,
+        page_rows=PAGE_ROWS,
+        figures=plots,
+        plots_note=plots_note,
+        refresh=REFRESH_S if study.status in LIVE else 0,
     )
 
 
@@ -139,21 +146,35 @@ def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTM
     )
 
 
-def _study_view(url: str, name: str) -> dict[str, Any]:
-    """A study, all its trials and their curves from the read model, keyed as the page and
-    its figures draw them: trials by number, the incumbent's and the sparse arm's rows."""
-    study = read.study(url, name)
-    rows = [t.model_dump() for t in read.trials(url, name).data]
+def _study_view(url: str, study: StudyPublic) -> dict[str, Any]:
+    """A study, all its trials and their curves from the read model, keyed as the figures
+    draw them: trials by number, the incumbent's number, the sparse arm's row."""
+    rows = [t.model_dump() for t in read.trials(url, study.name).data]
     by_number = {r["number"]: r for r in rows}
-    plots = read.curves(url, name)
     return {
         **study.model_dump(),
         "trials": rows,
         "trials_by_number": by_number,
         "best_trial": study.best.trial if study.best else None,
         "sparse": by_number[study.sparse.trial] if study.sparse else None,
-        "curves": plots.curves,
+        "curves": read.curves(url, study.name).curves,
     }
+
+
+_drawn: dict[tuple[str, str], tuple[Any, dict[str, figures.Figure], str]] = {}
+
+
+def _figures(url: str, study: StudyPublic) -> tuple[dict[str, figures.Figure], str]:
+    """The study's plots and the note on what they leave out (`figures.thinned`), drawn
+    again only when a trial is added or changes state: they show finished trials only, and
+    reading a study of 10,000 for them takes a second."""
+    stamp = tuple(study.counts.items())
+    kept = _drawn.get((url, study.name))
+    if kept is None or kept[0] != stamp:
+        shown, note = figures.thinned(_study_view(url, study))
+        kept = (stamp, figures.study_figures(shown), note)
+        _drawn[(url, study.name)] = kept
+    return kept[1], kept[2]
 
 
 MAX_LOGIN_BYTES = 4096

@@ -3,15 +3,20 @@
 with `--url`) all render those, so a study looks the same everywhere.
 
 Trials are read through one long-lived Optuna study per process (`study_trials`): Optuna
-caches finished trials, so a page over a study of 1,000 trials costs one small query once
-the first read is done.
+caches finished trials, so a page over a study of 10,000 trials costs one small query once
+the first read is done. What reads derive from all of a study's trials (the incumbent, the
+sparse control, the pooled paired spread, each finished trial's row and curve) is kept in a
+`_Digest` until a trial is added or changes state: Optuna refuses writes to a finished trial,
+so nothing else can change it.
 """
 
 from __future__ import annotations
 
 import statistics
 import threading
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -48,6 +53,7 @@ from service.tuning.objective import (
 )
 from service.tuning.optuna_storage import open_storage
 from service.tuning.pairing import Pooled, differences, paired, pool
+from service.tuning.verdict import Estimate
 
 IMPORTANCE_MIN_TRIALS = 10
 """Completed trials before parameter importance is shown."""
@@ -61,7 +67,7 @@ class TrialNotFound(store.StoreError):
 
 def queued(url: str, record: StudyModel) -> StudySummary:
     """A study just recorded (`store.create_study`): no trial yet."""
-    return _summary(url, record, [], None, None)
+    return _summary(url, record, None)
 
 
 def studies(
@@ -75,56 +81,46 @@ def studies(
     records, count = store.page_studies(url, status, offset, limit, owner)
     summaries = []
     for record in records:
-        trials = study_trials(url, record.name)
-        summaries.append(_summary(url, record, trials, _incumbent(record, trials), _sparse(trials)))
+        summaries.append(_summary(url, record, _digest(url, record)[1]))
     return StudiesPublic(data=summaries, count=count)
 
 
 def study(url: str, name: str) -> StudyPublic:
     """A study: its progress, the incumbent, the control arms, the re-evaluation."""
     record = store.get_study(url, name)
-    trials = study_trials(url, name)
-    states = [t.state.name for t in trials]
-    best, (sparse, pooled) = _incumbent(record, trials), _pairing(trials)
-    best_arm, sparse_arm = _arm(best) if best else None, _arm(sparse) if sparse else None
+    _, d = _digest(url, record)
     return StudyPublic(
-        **_summary(url, record, trials, best, sparse).model_dump(),
+        **_summary(url, record, d).model_dump(),
         spec=record.spec,
         direction=direction(record.spec.get("objective", "auc")),
-        counts={s: states.count(s) for s in sorted(set(states))},
-        running=states.count(TrialState.RUNNING.name),
-        failed=states.count(TrialState.FAIL.name),
-        best=best_arm,
-        sparse=sparse_arm,
-        gain=verdicts.gain(best_arm, sparse_arm, pooled) if best_arm and sparse_arm else None,
-        control_arms=[_arm(t) for t in trials if TrialRecord.from_trial(t).label],
-        pareto_front=_front(record, trials),
-        importance=_cached_importance(url, record, trials),
+        counts=d.counts,
+        running=d.counts.get(TrialState.RUNNING.name, 0),
+        failed=d.counts.get(TrialState.FAIL.name, 0),
+        best=d.arm(d.best),
+        sparse=d.arm(d.sparse),
+        control_arms=d.control_arms,
+        pareto_front=d.front(record.spec),
+        importance=d.importance(record.spec),
         reevaluation=reevaluation(url, name),
     )
 
 
 def trials(url: str, name: str, offset: int = 0, limit: int | None = None) -> TrialsPublic:
     """A study's trials in the order they started."""
-    store.get_study(url, name)  # a study unknown to the service is a 404, not an empty page
-    found = study_trials(url, name)
+    found, d = _digest(url, store.get_study(url, name))  # unknown: a 404, not an empty page
     end = None if limit is None else offset + limit
-    sparse, pooled = _pairing(found)
-    return TrialsPublic(
-        data=[trial_summary(t, sparse, pooled) for t in found[offset:end]], count=len(found)
-    )
+    return TrialsPublic(data=[d.summary(t) for t in found[offset:end]], count=len(found))
 
 
 def trial(url: str, name: str, number: int) -> TrialPublic:
     """One trial in full: params, per-seed curves, final metrics and costs, samples."""
-    store.get_study(url, name)
-    t = find_trial(url, name, number)
+    found, d = _digest(url, store.get_study(url, name))
+    t = _find(found, name, number)
     record = TrialRecord.from_trial(t)
-    sparse, pooled = _pairing(study_trials(url, name))
     running = t.state in (TrialState.RUNNING, TrialState.WAITING)
     default_note = "the trial is still running" if running else "the trial recorded no samples"
     return TrialPublic(
-        **trial_summary(t, sparse, pooled).model_dump(),
+        **d.summary(t).model_dump(),
         params=t.params,
         curves=[_downsample_seed(c) for c in record.curves],
         intermediate_values=t.intermediate_values,
@@ -141,17 +137,14 @@ def trial(url: str, name: str, number: int) -> TrialPublic:
 
 def curves(url: str, name: str) -> StudyCurves:
     """What plots of a whole study need: each trial's params, and its held-out reward curve
-    (mean over seeds, at most MAX_CURVE_POINTS points)."""
-    store.get_study(url, name)
-    found = study_trials(url, name)
-    return StudyCurves(
-        params={t.number: t.params for t in found},
-        curves={
-            t.number: downsample(mean_curve(record.curves, CURVE_KEY))
-            for t in found
-            if (record := TrialRecord.from_trial(t)).curves
-        },
-    )
+    (mean over seeds, at most MAX_CURVE_POINTS points) once it has finished."""
+    found, d = _digest(url, store.get_study(url, name))
+    unfinished = {t.number: t.params for t in found if not t.state.is_finished()}
+    kept = d.curves()
+    if not unfinished:
+        return kept
+    fresh = StudyCurves(params=unfinished, curves={})  # only these few validated again
+    return kept.model_copy(update={"params": dict(sorted({**kept.params, **fresh.params}.items()))})
 
 
 def artifacts(
@@ -221,34 +214,25 @@ def trial_summary(
     )
 
 
-def _summary(
-    url: str,
-    record: StudyModel,
-    trials: Sequence[FrozenTrial],
-    best: FrozenTrial | None,
-    sparse: FrozenTrial | None,
-) -> StudySummary:
-    """The study's row; `best` and `sparse` are its incumbent and control arm, found once
-    by the caller (`study` also shows them whole)."""
+def _summary(url: str, record: StudyModel, d: _Digest | None) -> StudySummary:
+    """The study's row, from its digest (None: a study with no trial yet)."""
     holder, lost = _coordinator(url, record)
+    best, sparse = (d.best, d.sparse) if d else (None, None)
     return StudySummary(
         name=record.name,
         status=StudyStatus(record.status),
         owner=record.owner,
         message=record.message,
         budget=record.spec.get("budget", 0),
-        done=len(own_complete(trials)),
+        done=len(d.own) if d else 0,
         best_value=None if best is None else primary(best),
         sparse_value=None if sparse is None else primary(sparse),
+        gain=d.gain() if d else None,
         coordinator=holder,
         coordinator_lost=lost,
         created_at=record.created_at,
         updated_at=record.updated_at,
     )
-
-
-def _incumbent(record: StudyModel, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    return incumbent(own_complete(trials), record.spec.get("objective", "auc"))
 
 
 def importance(spec: dict[str, Any], trials: Sequence[FrozenTrial]) -> dict[str, float]:
@@ -277,22 +261,6 @@ def importance(spec: dict[str, Any], trials: Sequence[FrozenTrial]) -> dict[str,
     return {_param_label(name, methods): float(v) for name, v in found.items()}
 
 
-_importances: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
-
-
-def _cached_importance(
-    url: str, record: StudyModel, trials: Sequence[FrozenTrial]
-) -> dict[str, float]:
-    """`importance`, computed again only when a trial completes: over a study of 1,000
-    trials it takes seconds, and a live study's page is read every few."""
-    done = len(own_complete(trials))
-    kept = _importances.get((url, record.name))
-    if kept is None or kept[0] != done:
-        kept = (done, importance(record.spec, trials))
-        _importances[(url, record.name)] = kept
-    return kept[1]
-
-
 def _param_label(name: str, methods: Sequence[str]) -> str:
     """u<i> named with its method (the share of the weight left that method i takes)."""
     if name.startswith("u") and name[1:].isdigit() and int(name[1:]) < len(methods):
@@ -300,36 +268,119 @@ def _param_label(name: str, methods: Sequence[str]) -> str:
     return name
 
 
-def _front(record: StudyModel, trials: Sequence[FrozenTrial]) -> list[int]:
-    objectives = record.spec.get("objectives") or []
-    if len(objectives) < 2:
-        return []
-    senses = directions(record.spec.get("objective", "auc"), objectives)
-    feasible = [t for t in own_complete(trials) if is_feasible(t)]
-    return [t.number for t in pareto_front(feasible, senses)]
-
-
-def _sparse(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    return sparse_arm(own_complete(trials))
-
-
-def _pairing(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial | None, Pooled | None]:
-    """The study's sparse control, and the variance of the completed trials' per-seed
-    differences from it pooled over them (what a trial of 2 seeds borrows)."""
-    sparse = _sparse(trials)
+def _pooled(own: Sequence[FrozenTrial], sparse: FrozenTrial | None) -> Pooled | None:
+    """The variance of the completed trials' per-seed differences from the sparse control
+    pooled over them (what a trial of 2 seeds borrows)."""
     if sparse is None:
-        return None, None
+        return None
     base = TrialRecord.from_trial(sparse).seed_values
-    others = [
-        TrialRecord.from_trial(t).seed_values for t in own_complete(trials) if t is not sparse
-    ]
-    return sparse, pool([d for d in differences(others, base) if d is not None])
+    others = [TrialRecord.from_trial(t).seed_values for t in own if t is not sparse]
+    return pool([d for d in differences(others, base) if d is not None])
 
 
-def _arm(t: FrozenTrial) -> Arm:
-    """The trial's summary as a point of comparison (the fields an `Arm` has)."""
-    shared = set(Arm.model_fields) & set(TrialSummary.model_fields)
-    return Arm(trial=t.number, **trial_summary(t).model_dump(include=shared))
+_ARM_FIELDS = set(Arm.model_fields) & set(TrialSummary.model_fields)
+
+
+@dataclass
+class _Digest:
+    """What reads derive from all of a study's trials, as of `stamp` (the trials' count by
+    state): finished trials cannot change, so it holds until a trial is added or changes
+    state. Its rows are shared: callers must not change them."""
+
+    stamp: tuple[Any, ...]
+    finished: list[FrozenTrial]
+    own: list[FrozenTrial]
+    best: FrozenTrial | None
+    sparse: FrozenTrial | None
+    pooled: Pooled | None
+    counts: dict[str, int]
+    control_arms: list[Arm]
+    _rows: dict[int, TrialSummary] = field(default_factory=dict)
+    _curves: StudyCurves | None = None
+    _importance: dict[str, float] | None = None
+    _front: list[int] | None = None
+
+    def summary(self, t: FrozenTrial) -> TrialSummary:
+        """The trial's row; a finished trial's is built once."""
+        if not t.state.is_finished():
+            return trial_summary(t, self.sparse, self.pooled)
+        row = self._rows.get(t.number)
+        if row is None:
+            row = self._rows[t.number] = trial_summary(t, self.sparse, self.pooled)
+        return row
+
+    def arm(self, t: FrozenTrial | None) -> Arm | None:
+        """The trial's row as a point of comparison (the fields an `Arm` has)."""
+        if t is None:
+            return None
+        return Arm(trial=t.number, **self.summary(t).model_dump(include=_ARM_FIELDS))
+
+    def gain(self) -> Estimate | None:
+        """The incumbent minus sparse, paired by seed (`verdicts.gain`)."""
+        best, sparse = self.arm(self.best), self.arm(self.sparse)
+        return verdicts.gain(best, sparse, self.pooled) if best and sparse else None
+
+    def importance(self, spec: dict[str, Any]) -> dict[str, float]:
+        """`importance` over the own trials: over a study of 1,000 it takes seconds, and a
+        live study's page is read every few."""
+        if self._importance is None:
+            self._importance = importance(spec, self.own)
+        return self._importance
+
+    def front(self, spec: dict[str, Any]) -> list[int]:
+        """With a second objective, the feasible own trials on the Pareto front."""
+        if self._front is None:
+            objectives = spec.get("objectives") or []
+            senses = directions(spec.get("objective", "auc"), objectives)
+            feasible = [t for t in self.own if is_feasible(t)]
+            front = pareto_front(feasible, senses) if len(objectives) >= 2 else []
+            self._front = [t.number for t in front]
+        return self._front
+
+    def curves(self) -> StudyCurves:
+        """The finished trials' params and held-out reward curves (mean over seeds,
+        downsampled), validated once: 10,000 trials' cost a second."""
+        if self._curves is None:
+            self._curves = StudyCurves(
+                params={t.number: t.params for t in self.finished},
+                curves={
+                    t.number: downsample(mean_curve(record.curves, CURVE_KEY))
+                    for t in self.finished
+                    if (record := TrialRecord.from_trial(t)).curves
+                },
+            )
+        return self._curves
+
+
+_digests: dict[tuple[str, str], _Digest] = {}
+
+
+def _digest(url: str, record: StudyModel) -> tuple[list[FrozenTrial], _Digest]:
+    """The study's trials as read now, and its digest: kept while its stamp holds, else
+    built afresh."""
+    trials = study_trials(url, record.name)
+    counts = Counter(t.state.name for t in trials)
+    objective = record.spec.get("objective", "auc")
+    stamp = (objective, *sorted(counts.items()))
+    kept = _digests.get((url, record.name))
+    if kept is not None and kept.stamp == stamp:
+        return trials, kept
+    own = own_complete(trials)
+    sparse = sparse_arm(own)
+    made = _Digest(
+        stamp=stamp,
+        finished=[t for t in trials if t.state.is_finished()],
+        own=own,
+        best=incumbent(own, objective),
+        sparse=sparse,
+        pooled=_pooled(own, sparse),
+        counts=dict(sorted(counts.items())),
+        control_arms=[],
+    )
+    labelled = [t for t in trials if TrialRecord.from_trial(t).label]
+    made.control_arms = [a for t in labelled if (a := made.arm(t)) is not None]
+    _digests[(url, record.name)] = made
+    return trials, made
 
 
 def _coordinator(url: str, record: StudyModel) -> tuple[str | None, str | None]:
@@ -370,9 +421,12 @@ def _study(url: str, name: str) -> optuna.Study | None:
     return found
 
 
-def find_trial(url: str, name: str, number: int) -> FrozenTrial:
-    """Trial `number` of a study the service knows; `TrialNotFound` if it has none."""
-    found = next((t for t in study_trials(url, name) if t.number == number), None)
+def _find(trials: Sequence[FrozenTrial], name: str, number: int) -> FrozenTrial:
+    """Trial `number` among a study's `trials`; `TrialNotFound` if it has none."""
+    # Optuna numbers a study's trials from 0 in order: the number is the place.
+    if 0 <= number < len(trials) and trials[number].number == number:
+        return trials[number]
+    found = next((t for t in trials if t.number == number), None)
     if found is None:
         raise TrialNotFound(
             f"study {name!r} has no trial {number} (`shapetune status {name}` lists them)"

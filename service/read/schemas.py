@@ -37,6 +37,10 @@ class StudySummary(Public):
     """The incumbent's objective: the best mean over seeds so far."""
     sparse_value: float | None
     """The pure-sparse control arm's objective, the baseline."""
+    gain: Estimate | None = None
+    """best - sparse over the study's own seeds, paired by seed (null while either is
+    missing, or when sparse is the best): optimistic, since these seeds also picked the best
+    (the re-evaluation on fresh seeds is not)."""
     coordinator: str | None
     """Who drives the study now (null when nobody holds a live lease)."""
     coordinator_lost: str | None
@@ -125,9 +129,6 @@ class StudyPublic(StudySummary):
     """The incumbent: the best mean over seeds."""
     sparse: Arm | None
     """The pure-sparse control arm, the baseline the shaping is meant to beat."""
-    gain: Estimate | None = None
-    """best - sparse over the study's own seeds, paired by seed: optimistic, since these
-    seeds also picked the best (the re-evaluation on fresh seeds is not)."""
     control_arms: list[Arm]
     importance: dict[str, float] = {}
     """PED-ANOVA importance of each searched parameter for the first objective (Optuna;

@@ -1,12 +1,13 @@
 """One admission path: whether a valid spec can run here, asked before anything is written.
 
 `parse_spec` checks what the spec alone decides (types, ranges, the inner run at both ends of
-every knob). This adds what needs the machine: the task built with its options (its files
+every knob). `admit` adds what needs the machine: the task built with its options (its files
 and model folders checked, no weights loaded), each inner run checked by the trainer's own
-`check_config` (device, response length against the models' positions), the study
-database's URL, and the executor with the resources the spec asks for. `shapetune run`,
-`resume`, `reevaluate`, the API and the service's coordinator all admit through here, so a
-spec is refused the same way everywhere: a `SpecError` naming every problem.
+`check_config` (device, response length against the models' positions), the studies it
+warm-starts from, and whether the executor can give an inner run the spec's resources.
+`shapetune run`, `resume`, `reevaluate`, the API and the service's coordinator all call it,
+so a spec is refused the same way everywhere: a `SpecError` naming every problem. Those
+that run the study then get their executor from `executor_for`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from trainers.config import ConfigError
 from trainers.ppo import check_config
 from trainers.tasks import TaskError, make_task
 from trainers.tasks.base import Task
+
+
+def admit(spec: StudySpec, home: Path, url: str, executor: str | None = None) -> None:
+    """Raise `SpecError` unless `spec` can run here: its inner runs built on this machine,
+    its warm-start studies in the store at `url`, and `executor` (the spec's when None)
+    able to give a run its resources."""
+    check_runnable(spec, home)
+    _check_warm_start(spec, url)
+    _check_resources(spec, executor)
 
 
 def check_runnable(spec: StudySpec, home: Path) -> None:
@@ -48,9 +58,9 @@ def check_runnable(spec: StudySpec, home: Path) -> None:
         raise SpecError(problems)
 
 
-def check_resources_here(spec: StudySpec, executor: str | None) -> None:
+def _check_resources(spec: StudySpec, executor: str | None) -> None:
     """`SpecError` unless the executor can give an inner run the spec's resources, as far as
-    this process tells without starting one (the API's check; `admit_executor` builds it)."""
+    this process tells without starting one (`executor_for` starts it)."""
     try:
         check_resources(
             executor or spec.executor, cpus=spec.resources.cpus, gpus=spec.resources.gpus
@@ -59,9 +69,10 @@ def check_resources_here(spec: StudySpec, executor: str | None) -> None:
         raise SpecError([f"executor: {e}"]) from None
 
 
-def admit_executor(spec: StudySpec, name: str | None, ray_address: str | None) -> Executor:
-    """The spec's executor (or `name`), sized by its resources; `SpecError` if it cannot be
-    had (an unknown name, more CPUs or GPUs per run than the cluster has)."""
+def executor_for(spec: StudySpec, name: str | None, ray_address: str | None) -> Executor:
+    """The spec's executor (or `name`), sized by its resources, for a spec `admit` took;
+    `SpecError` if it cannot be had (more CPUs or GPUs per run than the cluster it joined
+    has)."""
     try:
         return make_executor(
             name or spec.executor,
@@ -74,7 +85,7 @@ def admit_executor(spec: StudySpec, name: str | None, ray_address: str | None) -
         raise SpecError([f"executor: {e}"]) from None
 
 
-def check_warm_start_here(spec: StudySpec, url: str) -> None:
+def _check_warm_start(spec: StudySpec, url: str) -> None:
     """`SpecError` unless every study the spec warm-starts from is in the store at `url`
     and comparable (`service.tuning.warm`)."""
     from service.tuning.warm import check_warm_start  # reads the store: only when asked

@@ -23,7 +23,7 @@ from service.redaction import safe_url
 from service.store import studies as store
 from service.store.db import TRANSIENT, is_transient
 from service.store.models import StudyStatus
-from service.tuning.admission import admit_executor, check_runnable, check_warm_start_here
+from service.tuning.admission import admit, executor_for
 from service.tuning.loop import LeaseLost, StudyBusy, Timing, run_study
 from service.tuning.spec import SpecError, parse_spec
 from service.tuning.specfile import cut
@@ -113,9 +113,8 @@ class Coordinator:
             return
         try:  # admitted again: the machine may have changed since (a task's files, GPUs)
             spec = parse_spec(record.spec)
-            check_runnable(spec, self.config.home)
-            check_warm_start_here(spec, url)
-            executor = admit_executor(spec, self.config.executor, self.config.ray_address)
+            admit(spec, self.config.home, url, self.config.executor)
+            executor = executor_for(spec, self.config.executor, self.config.ray_address)
         except SpecError as e:
             log.warning("study %s cannot start: %s", name, "; ".join(e.problems))
             store.set_status(

@@ -4,7 +4,7 @@ in their difference. Pure functions over per-seed values."""
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,9 +22,16 @@ def paired(a: Sequence[float | None], b: Sequence[float | None]) -> list[float |
     return [None if x is None or y is None else x - y for x, y in zip(a, b, strict=False)]
 
 
+def variance(values: Sequence[float]) -> float:
+    """The sample variance (n - 1) of 2 or more values, in floats: `statistics.variance`
+    sums in exact fractions, which cost a study of 10,000 trials most of a second a read."""
+    mean = math.fsum(values) / len(values)
+    return math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
 def pool(samples: Sequence[Sequence[float]]) -> Pooled | None:
     """The pooled variance of the samples of 2 or more values (None without one)."""
-    measured = [(len(s) - 1, statistics.variance(s)) for s in samples if len(s) >= 2]
+    measured = [(len(s) - 1, variance(s)) for s in samples if len(s) >= 2]
     dof = sum(d for d, _ in measured)
     if not dof:
         return None

@@ -29,7 +29,7 @@ import statistics
 import optuna
 
 from service.tuning.contracts import PrunerConfig, TrialRecord, write_stored
-from service.tuning.spec import StudySpec, corner_configs
+from service.tuning.spec import StudySpec
 
 REDUCTION_FACTOR = 3
 """Hyperband's eta: each rung keeps the best third of its bracket (Li et al. 2018's default)."""
@@ -41,7 +41,7 @@ def pruner_config(spec: StudySpec) -> PrunerConfig | None:
     largest rung is the run's `steps`."""
     if spec.pruner == "none":
         return None
-    config = corner_configs(spec)[0]
+    config = spec.base
     return PrunerConfig(
         kind=spec.pruner,
         min_resource=config.eval_interval,

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -321,27 +324,46 @@ class StudySpec(_Strict):
             data["storage"] = safe_url(data["storage"])
         return data
 
-    def train_config(
-        self, weights: dict[str, float], knobs: dict[str, float], seed: int
-    ) -> TrainConfig:
-        """The inner run of one trial and seed, as the trainer takes it."""
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, without the `base` the update may change (built again when asked)."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("base", None)
+        return copied
+
+    @cached_property
+    def base(self) -> TrainConfig:
+        """The inner run as the spec sets it, typed and checked by the trainer's own config,
+        built once: the methods weighted alike, no knob applied, the study's seed. Raises
+        `ConfigError` for an inner run the trainer refuses (`parse_spec` reports it)."""
         inner = json.loads(json.dumps(self.inner))  # a deep copy of plain data
-        shaping = {**inner.pop("shaping", {}), "weights": weights}
-        ppo = {**inner.pop("ppo", {}), **{k: v for k, v in knobs.items() if k in TUNABLE_KNOBS}}
-        options = shaping.setdefault("options", {})
-        for knob, value in knobs.items():
-            if (named := method_knob(knob)) is not None:
-                method, option = named
-                options.setdefault(method, {})[option] = value
         inner.setdefault("torch_threads", self.resources.torch_threads)
+        uniform = dict.fromkeys(self.methods, 1.0 / len(self.methods))
+        shaping = {**inner.pop("shaping", {}), "weights": uniform}
         return TrainConfig.from_dict(
             {
                 **inner,
                 "task": {"name": self.task.name, "options": self.task.options},
                 "shaping": shaping,
-                "ppo": ppo,
-                "seed": seed,
+                "seed": self.seed,
             }
+        )
+
+    def train_config(
+        self, weights: dict[str, float], knobs: dict[str, float], seed: int
+    ) -> TrainConfig:
+        """The inner run of one trial and seed: `base` with its weights, knobs and seed."""
+        base = self.base
+        options = {method: dict(given) for method, given in base.shaping.options.items()}
+        for knob, value in knobs.items():
+            if (named := method_knob(knob)) is not None:
+                method, option = named
+                options.setdefault(method, {})[option] = value
+        ppo: dict[str, Any] = {k: v for k, v in knobs.items() if k in TUNABLE_KNOBS}
+        return replace(
+            base,
+            shaping=replace(base.shaping, weights=weights, options=options),
+            ppo=replace(base.ppo, **ppo),
+            seed=seed,
         )
 
 
@@ -392,7 +414,9 @@ def same_study(stored: dict[str, Any], spec: StudySpec) -> bool:
 
 def corner_configs(spec: StudySpec) -> list[TrainConfig]:
     """The inner runs at the low and the high end of every knob (the weights do not change
-    what the trainer accepts); raises `ConfigError` for the first that cannot be built."""
+    what the trainer accepts), to check each as the trainer will build it; raises
+    `ConfigError` for the first that cannot be built. What no knob changes (sizes, steps)
+    is read off `spec.base`."""
     weights = dict.fromkeys(spec.methods, 1.0 / len(spec.methods))
     low = {k: v.low for k, v in spec.knobs.items()}
     high = {k: v.high for k, v in spec.knobs.items()}
@@ -411,7 +435,7 @@ def _corner_errors(spec: StudySpec) -> list[str]:
 
 
 def _pruner_errors(spec: StudySpec) -> list[str]:
-    config = corner_configs(spec)[0]
+    config = spec.base
     if spec.pruner != "none" and config.eval_interval >= config.steps:
         return [
             f"pruner {spec.pruner!r} judges trials at their evaluations before the last step, "

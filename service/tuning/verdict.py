@@ -26,7 +26,7 @@ from typing import Literal
 from scipy import stats
 
 from service.public import Public
-from service.tuning.pairing import Pooled
+from service.tuning.pairing import Pooled, variance
 
 LEVEL = 0.95
 OWN_SPREAD = 3
@@ -74,7 +74,7 @@ def estimate(
     if pooled is not None:
         se, dof = math.sqrt(pooled.variance / n), pooled.dof
     elif n >= 2:
-        se, dof = statistics.stdev(finite) / math.sqrt(n), n - 1
+        se, dof = math.sqrt(variance(finite) / n), n - 1
     else:
         return Estimate(values=list(values), mean=mean, stderr=None)
     half = _t(level, dof) * se

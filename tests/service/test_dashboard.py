@@ -97,6 +97,10 @@ def test_studies_page_lists_status_progress_and_baseline(
     assert f'href="/studies/{finished[1]}"' in page.text
     assert "completed" in page.text and "4/4" in page.text
     assert 'http-equiv="refresh"' not in page.text  # nothing runs
+    url = finished[0].storage_url()
+    gain = read.study(url, finished[1]).gain  # the read model's paired gain, not the page's
+    assert gain is not None and gain.mean is not None
+    assert read.studies(url).data[0].gain == gain and f"{gain.mean:+.4f}" in page.text
 
 
 def test_study_page_shows_best_vs_sparse_and_every_plot(
@@ -120,7 +124,7 @@ def test_the_study_plots_read_for_a_user(finished: tuple[Settings, str]) -> None
     with its uncertainty."""
     settings, name = finished
     url = settings.storage_url()
-    detail = _study_view(url, name)
+    detail = _study_view(url, read.study(url, name))
     drawn = figures.study_figures(detail)
     assert drawn["params"]["layout"]["xaxis"]["ticktext"] == [
         "sparse",
@@ -442,3 +446,53 @@ def test_dashboard_command_serves_optuna_dashboard_on_loopback(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_study_page_pages_its_trials(
+    finished: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, name = finished
+    monkeypatch.setattr("service.dashboard.routes.PAGE_ROWS", 3)
+    client = TestClient(_app(settings))
+    first = client.get(f"/studies/{name}").text
+    assert "trials 1–3 of 4" in first and "later ›" in first and "earlier" not in first
+    assert f'href="/studies/{name}/trials/2"' in first
+    assert f'href="/studies/{name}/trials/3"' not in first.split('id="trials"')[1]
+    last = client.get(f"/studies/{name}?offset=3").text
+    assert "trials 4–4 of 4" in last and "‹ earlier" in last and "later" not in last
+    assert _figure_ids(last) == _figure_ids(first)  # the plots show every trial on each page
+    assert client.get(f"/studies/{name}?offset=-1").status_code == 422
+
+
+def test_a_big_study_plots_its_best_and_an_even_spread() -> None:
+    """Past MAX_PLOTTED completed trials the plots draw a sample the user can read: the
+    control arms, the best, every improvement of the best so far (the history's line stays
+    exact) and an even spread of the others."""
+    values = [((n * 37) % 101) / 100 + n / 10_000 for n in range(3000)]
+    rows = [
+        {"number": n, "state": "COMPLETE", "warm_start": "", "label": "", "value": v}
+        for n, v in enumerate(values)
+    ]
+    rows[5]["label"] = "pure sparse"
+    best = max(range(3000), key=values.__getitem__)
+    detail = {
+        "trials": rows,
+        "curves": {n: [(0, 0.0)] for n in range(3000)},
+        "direction": "maximize",
+        "best_trial": best,
+        "pareto_front": [],
+    }
+    shown, note = figures.thinned(detail, limit=200)
+    kept = [t["number"] for t in shown["trials"]]
+    assert 200 <= len(kept) <= 200 + 50 and set(shown["curves"]) == set(kept)
+    assert {5, best} <= set(kept) and f"draw {len(kept)} of the 3000 completed trials" in note
+    top = sorted(range(3000), key=values.__getitem__, reverse=True)[:100]
+    assert set(top) <= set(kept)
+    assert max(kept) > 2900 and min(kept) < 100  # spread over the whole history
+    records, running = [], -1.0
+    for n, v in enumerate(values):
+        if v > running:
+            records.append(n)
+            running = v
+    assert set(records) <= set(kept)
+    assert figures.thinned(detail, limit=3000) == (detail, "")

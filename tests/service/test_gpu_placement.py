@@ -25,13 +25,13 @@ import ray
 
 ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
          log_to_driver=False, configure_logging=False)
-from service.tuning.admission import admit_executor
+from service.tuning.admission import executor_for
 from service.tuning.spec import parse_spec
 from service.tuning.loop import run_study
 
 spec = parse_spec(json.loads(sys.argv[1]))
 home = Path(sys.argv[2])
-executor = admit_executor(spec, None, None)
+executor = executor_for(spec, None, None)
 print("slots", executor.slots, flush=True)
 run_study(spec, f"sqlite:///{home / 'studies.db'}", home, executor)
 """

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.tuning.spec import SpecError, StudySpec, load_spec, parse_spec
+from service.tuning.spec import SpecError, StudySpec, TaskSpec, load_spec, parse_spec
 
 Spec = dict[str, Any]
 INNER: dict[str, Any] = {
@@ -273,3 +273,37 @@ def test_the_example_specs_are_valid(path: Path) -> None:
     assert spec.name == path.stem
     for config in corner_configs(spec):
         assert set(config.shaping.options) <= set(spec.methods)
+
+
+def test_the_inner_run_is_built_once_and_each_trial_changes_only_its_own() -> None:
+    """`spec.base` is the inner run as the spec sets it, typed by the trainer's config; a
+    trial's run is it with the trial's weights, knobs and seed; a copy of the spec with
+    another task builds its own."""
+    spec = parse_spec(
+        {
+            "name": "typed",
+            "task": {"name": "synthetic"},
+            "methods": ["sparse", "amortized"],
+            "knobs": {
+                "kl_coef": {"low": 0.01, "high": 0.1},
+                "amortized.prior": {"low": 0.5, "high": 2.0},
+            },
+            "inner": {
+                "steps": 6,
+                "ppo": {"lr": 1e-4},
+                "shaping": {"options": {"amortized": {"pairs": 2}}},
+            },
+            "budget": 3,
+            "executor": "inline",
+        }
+    )
+    assert spec.base is spec.base and spec.base.steps == 6 and spec.base.ppo.lr == 1e-4
+    run = spec.train_config(
+        {"sparse": 0.25, "amortized": 0.75}, {"kl_coef": 0.05, "amortized.prior": 1.5}, 7
+    )
+    assert run.seed == 7 and run.steps == 6 and run.ppo.lr == 1e-4 and run.ppo.kl_coef == 0.05
+    assert run.shaping.weights == {"sparse": 0.25, "amortized": 0.75}
+    assert run.shaping.options["amortized"] == {"pairs": 2, "prior": 1.5}
+    assert spec.base.shaping.options["amortized"] == {"pairs": 2}  # the base is unchanged
+    other = spec.model_copy(update={"task": TaskSpec(name="synthetic", options={"n_words": 24})})
+    assert other.base.task.options == {"n_words": 24} and spec.base.task.options == {}
