@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,21 @@ def reward_model_identity(task: Task) -> dict[str, Any]:
     identity: dict[str, Any] = {"task": task.name, "details": details}
     if files is not None:
         identity["rm_files"] = {
-            p.name: file_sha256(p) for p in sorted(files.model.iterdir()) if p.is_file()
+            p.name: file_hash(p) for p in sorted(files.model.iterdir()) if p.is_file()
         }
     return identity
+
+
+def file_hash(path: Path) -> str:
+    """The file's SHA-256, hashed once per process while its size, time and inode stay the
+    same: a Ray worker runs many trials on one reward model, which may be gigabytes."""
+    stat = path.stat()
+    return _hashed(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@cache
+def _hashed(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return file_sha256(Path(path))
 
 
 @contextmanager

@@ -75,3 +75,21 @@ def test_record_names_versions_and_hashes(tmp_path: Path) -> None:
     assert set(record["files"]) == {"model.bin", "sub/tok.json"}
     assert record["versions"]["torch"] != "absent"
     assert record["key"] == {"a": 1}
+
+
+def test_a_reward_model_file_is_hashed_once_while_it_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The explainer's key hashes the RM's files on every run; a worker running many trials
+    on one multi-GB RM hashes each once, and again when the file changes."""
+    from trainers import explainer
+
+    hashed: list[Path] = []
+    real = explainer.file_sha256
+    monkeypatch.setattr(explainer, "file_sha256", lambda p: hashed.append(p) or real(p))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    first = explainer.file_hash(weights)
+    assert explainer.file_hash(weights) == first and len(hashed) == 1
+    weights.write_bytes(b"other weights")
+    assert explainer.file_hash(weights) != first and len(hashed) == 2
