@@ -8,12 +8,13 @@ more than the page budget, and the browser needs nothing but the JSON.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service import formatting
 from service.formatting import significant
 from service.read.model import downsample
+from service.read.schemas import StudyPublic, TrialSummary
 from service.tuning.contracts import CONTROL_SPARSE
 
 Figure = dict[str, Any]
@@ -63,9 +64,36 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _complete(detail: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class StudyView:
+    """What a study's plots draw, as the read model gives it: the study, its trials' rows
+    and their learning curves (step, held-out RM reward), by trial number."""
+
+    study: StudyPublic
+    trials: list[TrialSummary]
+    curves: dict[int, list[tuple[int, float | None]]]
+
+    @property
+    def best(self) -> int | None:
+        return self.study.best.trial if self.study.best else None
+
+    @property
+    def sparse(self) -> int | None:
+        return self.study.sparse.trial if self.study.sparse else None
+
+
+def _complete(view: StudyView) -> list[TrialSummary]:
     """The study's own completed trials (warm-start copies were measured by another)."""
-    return [t for t in detail["trials"] if t["state"] == "COMPLETE" and not t["warm_start"]]
+    return [t for t in view.trials if t.state == "COMPLETE" and not t.warm_start]
+
+
+def _value(t: TrialSummary) -> float:
+    """A completed trial's objective (Optuna keeps one for every completed trial)."""
+    return math.nan if t.value is None else t.value
+
+
+def _weights(t: TrialSummary) -> dict[str, float]:
+    return t.weights or {}
 
 
 def _weights_text(weights: dict[str, float] | None) -> str:
@@ -73,28 +101,27 @@ def _weights_text(weights: dict[str, float] | None) -> str:
     return formatting.weights(weights, sep=" ", missing="")
 
 
-def comparison(detail: dict[str, Any]) -> Figure | None:
+def comparison(view: StudyView) -> Figure | None:
     """The incumbent against the control arms: objective ± s.e. (mean over seeds)."""
-    arms = [t for t in _complete(detail) if t["label"]]
-    best = detail["trials_by_number"].get(detail["best_trial"])
+    arms = [t for t in _complete(view) if t.label]
+    best = next((t for t in _complete(view) if t.number == view.best), None)
     bars = [*arms, *([best] if best is not None and best not in arms else [])]
     if not bars:
         return None
     colours = [
-        BEST if t is best else SPARSE if t["label"] == CONTROL_SPARSE else "#adb5bd" for t in bars
+        BEST if t is best else SPARSE if t.label == CONTROL_SPARSE else "#adb5bd" for t in bars
     ]
     names = [
-        f"{t['label'] or 'best'} (#{t['number']})" + (" ★" if t is best and t["label"] else "")
-        for t in bars
+        f"{t.label or 'best'} (#{t.number})" + (" ★" if t is best and t.label else "") for t in bars
     ]
     trace = {
         "type": "bar",
         "x": names,
-        "y": [significant(t["value"]) for t in bars],
-        "error_y": {"type": "data", "array": [significant(t["stderr"]) or 0.0 for t in bars]},
+        "y": [significant(t.value) for t in bars],
+        "error_y": {"type": "data", "array": [significant(t.stderr) or 0.0 for t in bars]},
         "marker": {"color": colours},
         # Weights in the hover only: as bar text Plotly prints them sideways in the bar.
-        "hovertext": [_weights_text(t["weights"]) for t in bars],
+        "hovertext": [_weights_text(t.weights) for t in bars],
         "hovertemplate": "%{x}<br>%{y:.4f}<br>%{hovertext}<extra></extra>",
     }
     return {
@@ -105,28 +132,28 @@ def comparison(detail: dict[str, Any]) -> Figure | None:
     }
 
 
-def history(detail: dict[str, Any]) -> Figure | None:
+def history(view: StudyView) -> Figure | None:
     """Objective of each completed trial and the best so far."""
-    done = _complete(detail)
+    done = _complete(view)
     if not done:
         return None
-    pick = min if detail["direction"] == "minimize" else max
+    pick = min if view.study.direction == "minimize" else max
     best_so_far: list[float] = []
     for t in done:
-        best_so_far.append(t["value"] if not best_so_far else pick(best_so_far[-1], t["value"]))
+        best_so_far.append(_value(t) if not best_so_far else pick(best_so_far[-1], _value(t)))
     return {
         "data": [
             {
                 "type": "scatter",
                 "mode": "markers",
                 "name": "trial",
-                "x": [t["number"] for t in done],
-                "y": [significant(t["value"]) for t in done],
+                "x": [t.number for t in done],
+                "y": [significant(t.value) for t in done],
                 "error_y": {
                     "type": "data",
-                    "array": [significant(t["stderr"]) or 0.0 for t in done],
+                    "array": [significant(t.stderr) or 0.0 for t in done],
                 },
-                "text": [t["label"] or _weights_text(t["weights"]) for t in done],
+                "text": [t.label or _weights_text(t.weights) for t in done],
                 "hovertemplate": "#%{x}: %{y:.4f}<br>%{text}<extra></extra>",
                 "marker": {"size": 6, "color": SPARSE, "opacity": 0.7},
             },
@@ -134,7 +161,7 @@ def history(detail: dict[str, Any]) -> Figure | None:
                 "type": "scatter",
                 "mode": "lines",
                 "name": "best so far",
-                "x": [t["number"] for t in done],
+                "x": [t.number for t in done],
                 "y": [significant(v) for v in best_so_far],
                 "line": {"shape": "hv", "color": BEST, "width": 2},
             },
@@ -147,25 +174,25 @@ def history(detail: dict[str, Any]) -> Figure | None:
     }
 
 
-def weights(detail: dict[str, Any]) -> Figure | None:
+def weights(view: StudyView) -> Figure | None:
     """The weights explored: a ternary plot for 3 methods, parallel coordinates otherwise
     (each coloured by objective)."""
-    methods: list[str] = detail["spec"]["methods"]
-    done = [t for t in _complete(detail) if t["weights"]]
+    methods: list[str] = view.study.spec["methods"]
+    done = [t for t in _complete(view) if t.weights]
     if len(methods) < 2 or not done:
         return None
-    values = [significant(t["value"]) for t in done]
+    values = [significant(t.value) for t in done]
     if len(methods) != 3:
-        axes = [Axis(m, [t["weights"][m] for t in done], (0.0, 1.0)) for m in methods]
-        return parallel("weights explored (simplex)", axes, done, detail)
+        axes = [Axis(m, [_weights(t)[m] for t in done], (0.0, 1.0)) for m in methods]
+        return parallel("weights explored (simplex)", axes, done, view)
     a, b, c = methods
     trace = {
         "type": "scatterternary",
         "mode": "markers",
-        "a": [significant(t["weights"][a]) for t in done],
-        "b": [significant(t["weights"][b]) for t in done],
-        "c": [significant(t["weights"][c]) for t in done],
-        "text": [f"#{t['number']}: {significant(t['value'])}" for t in done],
+        "a": [significant(_weights(t)[a]) for t in done],
+        "b": [significant(_weights(t)[b]) for t in done],
+        "c": [significant(_weights(t)[c]) for t in done],
+        "text": [f"#{t.number}: {significant(t.value)}" for t in done],
         "hovertemplate": f"%{{text}}<br>{a} %{{a:.2f}}, {b} %{{b:.2f}}, {c} %{{c:.2f}}"
         "<extra></extra>",
         "marker": {
@@ -192,23 +219,21 @@ def weights(detail: dict[str, Any]) -> Figure | None:
     return {"data": [trace], "layout": layout}
 
 
-def params(detail: dict[str, Any]) -> Figure | None:
+def params(view: StudyView) -> Figure | None:
     """Parallel coordinates of each trial's mixing weights and knobs, coloured by objective
     (the weights, not the sampler's stick-breaking coordinates, which mean nothing to a
     reader)."""
-    done = _complete(detail)
-    spec = detail["spec"]
+    done = _complete(view)
+    spec = view.study.spec
     knobs = spec.get("knobs", {})
     if not done or not knobs:  # weights alone: `weights` draws them already
         return None
-    axes = [
-        Axis(m, [(t["weights"] or {}).get(m) for t in done], (0.0, 1.0)) for m in spec["methods"]
-    ]
+    axes = [Axis(m, [(t.weights or {}).get(m) for t in done], (0.0, 1.0)) for m in spec["methods"]]
     axes += [
-        Axis(k, [t["knobs"].get(k) for t in done], (b["low"], b["high"]), log=bool(b.get("log")))
+        Axis(k, [t.knobs.get(k) for t in done], (b["low"], b["high"]), log=bool(b.get("log")))
         for k, b in knobs.items()
     ]
-    return parallel("weights and knobs (parallel coordinates)", axes, done, detail)
+    return parallel("weights and knobs (parallel coordinates)", axes, done, view)
 
 
 @dataclass(frozen=True)
@@ -219,25 +244,23 @@ class Axis:
     log: bool = False
 
 
-def parallel(
-    title: str, axes: list[Axis], done: list[dict[str, Any]], detail: dict[str, Any]
-) -> Figure:
+def parallel(title: str, axes: list[Axis], done: list[TrialSummary], view: StudyView) -> Figure:
     """Parallel coordinates drawn as SVG lines, one per trial, binned into VIRIDIS colours
     by objective, the best and the sparse arm on top. Plotly's own `parcoords` needs WebGL:
     without a GPU (headless browsers, remote desktops) one costs 1.2-2 s to draw, the whole
     page budget; optuna-dashboard (`shapetune dashboard`) has the interactive one."""
-    values = [significant(t["value"]) for t in done]
+    values = [significant(t.value) for t in done]
     finite = [v for v in values if v is not None]
     low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
     axes = [*axes, Axis("objective", values, (low, high))]
     rows = list(zip(*(_scaled(a) for a in axes), strict=True))  # (trials, axes) in [0, 1]
     D = len(axes)
     bins: list[tuple[list[int | None], list[float | None]]] = [([], []) for _ in VIRIDIS]
-    highlight = {detail["best_trial"]: BEST}
-    if detail["sparse"]:
-        highlight.setdefault(detail["sparse"]["number"], SPARSE)
+    highlight = {view.best: BEST}
+    if view.sparse is not None:
+        highlight.setdefault(view.sparse, SPARSE)
     for t, v, row in zip(done, values, rows, strict=True):
-        if v is None or t["number"] in highlight:
+        if v is None or t.number in highlight:
             continue
         k = min(len(VIRIDIS) - 1, int(len(VIRIDIS) * (v - low) / ((high - low) or 1.0)))
         bins[k][0].extend([*range(D), None])
@@ -257,15 +280,15 @@ def parallel(
         if xs
     ]
     for t, row in zip(done, rows, strict=True):
-        if t["number"] in highlight:
+        if t.number in highlight:
             data.append(
                 {
                     "type": "scatter",
                     "mode": "lines+markers",
-                    "name": _arm_name(t, detail["best_trial"]),
+                    "name": _arm_name(t, view.best),
                     "x": list(range(D)),
                     "y": list(row),
-                    "line": {"color": highlight[t["number"]], "width": 3},
+                    "line": {"color": highlight[t.number], "width": 3},
                 }
             )
     data.append(_colour_bar(low, high))
@@ -326,10 +349,10 @@ def _parallel_layout(title: str, axes: list[Axis]) -> dict[str, Any]:
     )
 
 
-def _arm_name(t: dict[str, Any], best: int | None) -> str:
-    if t["number"] != best:
-        return f"{t['label']} (#{t['number']})"
-    return f"best (#{t['number']}{', ' + t['label'] if t['label'] else ''})"
+def _arm_name(t: TrialSummary, best: int | None) -> str:
+    if t.number != best:
+        return f"{t.label} (#{t.number})"
+    return f"best (#{t.number}{', ' + t.label if t.label else ''})"
 
 
 def _scaled(axis: Axis) -> list[float | None]:
@@ -347,14 +370,13 @@ def _tick(v: float) -> str:
     return f"{v:.3g}"
 
 
-def learning_curves(detail: dict[str, Any]) -> Figure | None:
+def learning_curves(view: StudyView) -> Figure | None:
     """Held-out RM reward per step, one line per trial (mean over its seeds); every other
     trial shares one grey trace (gaps between trials), so 1,000 lines draw as fast as one."""
-    curves: dict[int, list[tuple[int, float]]] = detail["curves"]
+    curves = view.curves
     if not curves:
         return None
-    best: int | None = detail["best_trial"]
-    sparse: int | None = detail["sparse"]["number"] if detail["sparse"] else None
+    best, sparse = view.best, view.sparse
     xs: list[int | None] = []
     ys: list[float | None] = []
     share = max(10, CURVE_POINTS // len(curves))
@@ -403,19 +425,17 @@ def learning_curves(detail: dict[str, Any]) -> Figure | None:
     }
 
 
-def pareto(detail: dict[str, Any]) -> Figure | None:
+def pareto(view: StudyView) -> Figure | None:
     """With a gold objective: every completed trial's objective against its gold score, the
     Pareto front drawn through. A point far right and low is reward hacking: the RM went up
     and the gold judge did not follow."""
-    done = [t for t in _complete(detail) if t["gold"] is not None]
+    done = [t for t in _complete(view) if t.gold is not None]
     if not done:
         return None
-    front = sorted(
-        (t for t in done if t["number"] in detail["pareto_front"]), key=lambda t: t["value"]
-    )
+    front = sorted((t for t in done if t.number in view.study.pareto_front), key=_value)
     points = {
-        "x": [significant(t["value"]) for t in done],
-        "y": [significant(t["gold"]) for t in done],
+        "x": [significant(t.value) for t in done],
+        "y": [significant(t.gold) for t in done],
     }
     return {
         "data": [
@@ -424,38 +444,36 @@ def pareto(detail: dict[str, Any]) -> Figure | None:
                 "mode": "markers",
                 "name": "trial (hollow: infeasible)",
                 **points,
-                "text": [
-                    f"#{t['number']} {t['label'] or _weights_text(t['weights'])}" for t in done
-                ],
+                "text": [f"#{t.number} {t.label or _weights_text(t.weights)}" for t in done],
                 "hovertemplate": "%{text}<br>%{x:.4f}, gold %{y:.4f}<extra></extra>",
                 "marker": {
                     "size": 7,
                     "color": SPARSE,
-                    "symbol": ["circle" if t["feasible"] else "circle-open" for t in done],
+                    "symbol": ["circle" if t.feasible else "circle-open" for t in done],
                 },
             },
             {
                 "type": "scatter",
                 "mode": "lines+markers",
                 "name": "Pareto front",
-                "x": [significant(t["value"]) for t in front],
-                "y": [significant(t["gold"]) for t in front],
+                "x": [significant(t.value) for t in front],
+                "y": [significant(t.gold) for t in front],
                 "line": {"shape": "hv", "color": BEST, "width": 2},
             },
         ],
         "layout": _layout(
             "Pareto front: objective vs gold judge",
-            xaxis={"title": {"text": detail["spec"].get("objective", "auc")}},
+            xaxis={"title": {"text": view.study.spec.get("objective", "auc")}},
             yaxis={"title": {"text": "gold"}},
         ),
     }
 
 
-def importance(detail: dict[str, Any]) -> Figure | None:
+def importance(view: StudyView) -> Figure | None:
     """PED-ANOVA importance of each searched parameter, largest on top."""
-    if not detail["importance"]:
+    if not view.study.importance:
         return None
-    ranked = sorted(detail["importance"].items(), key=lambda item: item[1])
+    ranked = sorted(view.study.importance.items(), key=lambda item: item[1])
     return {
         "data": [
             {
@@ -474,33 +492,32 @@ def importance(detail: dict[str, Any]) -> Figure | None:
     }
 
 
-def thinned(detail: dict[str, Any], limit: int = MAX_PLOTTED) -> tuple[dict[str, Any], str]:
-    """`detail` with at most about `limit` completed trials to plot, and a note saying which
+def thinned(view: StudyView, limit: int = MAX_PLOTTED) -> tuple[StudyView, str]:
+    """`view` with at most about `limit` completed trials to plot, and a note saying which
     (none when all are drawn): the control arms, the best, the Pareto front and every trial
     that improved the best so far (so the history's line is exact), then the best half of
     `limit` by objective, then an even spread of the rest by number."""
-    done = _complete(detail)
+    done = _complete(view)
     if len(done) <= limit:
-        return detail, ""
-    minimize = detail["direction"] == "minimize"
-    told = [t for t in done if t["value"] is not None]
-    keep = {t["number"] for t in done if t["label"]}
-    keep |= {detail["best_trial"], *detail["pareto_front"]} - {None}
-    record: float | None = None
-    for t in told:
-        if record is None or (t["value"] < record if minimize else t["value"] > record):
-            record = t["value"]
-            keep.add(t["number"])
-    ranked = sorted(told, key=lambda t: t["value"], reverse=not minimize)
-    keep |= {t["number"] for t in ranked[: limit // 2]}
-    rest = [t["number"] for t in done if t["number"] not in keep]
+        return view, ""
+    sign = -1.0 if view.study.direction == "minimize" else 1.0  # higher is better
+    keep = {t.number for t in done if t.label}
+    keep |= {n for n in (view.best, *view.study.pareto_front) if n is not None}
+    record = -math.inf
+    for t in done:
+        if sign * _value(t) > record:
+            record = sign * _value(t)
+            keep.add(t.number)
+    ranked = sorted(done, key=lambda t: sign * _value(t), reverse=True)
+    keep |= {t.number for t in ranked[: limit // 2]}
+    rest = [t.number for t in done if t.number not in keep]
     room = max(0, limit - len(keep))
     keep |= {rest[i * len(rest) // room] for i in range(room)} if room else set()
-    shown = {
-        **detail,
-        "trials": [t for t in detail["trials"] if t["number"] in keep],
-        "curves": {n: c for n, c in detail["curves"].items() if n in keep},
-    }
+    shown = replace(
+        view,
+        trials=[t for t in view.trials if t.number in keep],
+        curves={n: c for n, c in view.curves.items() if n in keep},
+    )
     note = (
         f"The plots draw {len(keep)} of the {len(done)} completed trials: the control arms, "
         f"the best {limit // 2} and every one that improved the best so far, and an even "
@@ -509,16 +526,16 @@ def thinned(detail: dict[str, Any], limit: int = MAX_PLOTTED) -> tuple[dict[str,
     return shown, note
 
 
-def study_figures(detail: dict[str, Any]) -> dict[str, Figure]:
+def study_figures(view: StudyView) -> dict[str, Figure]:
     """The study page's plots by element id; plots without data are left out."""
     built = {
-        "comparison": comparison(detail),
-        "history": history(detail),
-        "pareto": pareto(detail),
-        "importance": importance(detail),
-        "weights": weights(detail),
-        "params": params(detail),
-        "curves": learning_curves(detail),
+        "comparison": comparison(view),
+        "history": history(view),
+        "pareto": pareto(view),
+        "importance": importance(view),
+        "weights": weights(view),
+        "params": params(view),
+        "curves": learning_curves(view),
     }
     return {k: v for k, v in built.items() if v is not None}
 

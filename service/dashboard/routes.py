@@ -116,8 +116,8 @@ def study_page(
     return _page(
         request,
         "study.html",
-        s=study.model_dump(),
-        rows=[t.model_dump() for t in page.data],
+        s=study,
+        rows=page.data,
         count=page.count,
         offset=offset,
         page_rows=PAGE_ROWS,
@@ -146,19 +146,13 @@ def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTM
     )
 
 
-def _study_view(url: str, study: StudyPublic) -> dict[str, Any]:
-    """A study, all its trials and their curves from the read model, keyed as the figures
-    draw them: trials by number, the incumbent's number, the sparse arm's row."""
-    rows = [t.model_dump() for t in read.trials(url, study.name).data]
-    by_number = {r["number"]: r for r in rows}
-    return {
-        **study.model_dump(),
-        "trials": rows,
-        "trials_by_number": by_number,
-        "best_trial": study.best.trial if study.best else None,
-        "sparse": by_number[study.sparse.trial] if study.sparse else None,
-        "curves": read.curves(url, study.name).curves,
-    }
+def _study_view(url: str, study: StudyPublic) -> figures.StudyView:
+    """A study, all its trials and their curves from the read model, as its plots draw it."""
+    return figures.StudyView(
+        study=study,
+        trials=read.trials(url, study.name).data,
+        curves=read.curves(url, study.name).curves,
+    )
 
 
 _drawn: dict[tuple[str, str], tuple[Any, dict[str, figures.Figure], str]] = {}

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from service.dashboard import figures
 from service.dashboard.routes import PLOTLY, _study_view, router
 from service.executor import InlineExecutor
 from service.read import model as read
+from service.read.schemas import Arm, TrialSummary
 from service.settings import Settings
 from service.store import studies as store
 from service.tuning.loop import run_study
@@ -134,7 +136,9 @@ def test_the_study_plots_read_for_a_user(finished: tuple[Settings, str]) -> None
         "objective",
     ]
     # Without knobs the parallel axes would repeat the weights plot: one picture is shown.
-    no_knobs = {**detail, "spec": {**detail["spec"], "knobs": {}}}
+    no_knobs = replace(
+        detail, study=detail.study.model_copy(update={"spec": {**detail.study.spec, "knobs": {}}})
+    )
     assert figures.params(no_knobs) is None and figures.weights(no_knobs) is not None
     # Legends sit under the plots, where the upright toolbar at the right edge is not.
     assert all(f["layout"]["legend"]["y"] < 0 for f in drawn.values() if "legend" in f["layout"])
@@ -464,27 +468,22 @@ def test_the_study_page_pages_its_trials(
     assert client.get(f"/studies/{name}?offset=-1").status_code == 422
 
 
-def test_a_big_study_plots_its_best_and_an_even_spread() -> None:
+def test_a_big_study_plots_its_best_and_an_even_spread(finished: tuple[Settings, str]) -> None:
     """Past MAX_PLOTTED completed trials the plots draw a sample the user can read: the
     control arms, the best, every improvement of the best so far (the history's line stays
     exact) and an even spread of the others."""
     values = [((n * 37) % 101) / 100 + n / 10_000 for n in range(3000)]
-    rows = [
-        {"number": n, "state": "COMPLETE", "warm_start": "", "label": "", "value": v}
-        for n, v in enumerate(values)
-    ]
-    rows[5]["label"] = "pure sparse"
     best = max(range(3000), key=values.__getitem__)
-    detail = {
-        "trials": rows,
-        "curves": {n: [(0, 0.0)] for n in range(3000)},
-        "direction": "maximize",
-        "best_trial": best,
-        "pareto_front": [],
-    }
+    rows = [_row(n, v, "pure sparse" if n == 5 else "") for n, v in enumerate(values)]
+    study = read.study(finished[0].storage_url(), finished[1])
+    detail = figures.StudyView(
+        study=study.model_copy(update={"best": _arm(rows[best]), "pareto_front": []}),
+        trials=rows,
+        curves={n: [(0, 0.0)] for n in range(3000)},
+    )
     shown, note = figures.thinned(detail, limit=200)
-    kept = [t["number"] for t in shown["trials"]]
-    assert 200 <= len(kept) <= 200 + 50 and set(shown["curves"]) == set(kept)
+    kept = [t.number for t in shown.trials]
+    assert 200 <= len(kept) <= 200 + 50 and set(shown.curves) == set(kept)
     assert {5, best} <= set(kept) and f"draw {len(kept)} of the 3000 completed trials" in note
     top = sorted(range(3000), key=values.__getitem__, reverse=True)[:100]
     assert set(top) <= set(kept)
@@ -496,3 +495,25 @@ def test_a_big_study_plots_its_best_and_an_even_spread() -> None:
             running = v
     assert set(records) <= set(kept)
     assert figures.thinned(detail, limit=3000) == (detail, "")
+
+
+def _row(number: int, value: float, label: str) -> TrialSummary:
+    return TrialSummary(
+        number=number,
+        state="COMPLETE",
+        label=label,
+        weights={"sparse": 1.0},
+        knobs={},
+        value=value,
+        stderr=None,
+        seed_values=[value],
+        failed_for="",
+        stopped_for="",
+        started=None,
+        finished=None,
+        seconds=None,
+    )
+
+
+def _arm(row: TrialSummary) -> Arm:
+    return Arm(trial=row.number, **row.model_dump(include=set(Arm.model_fields)))
