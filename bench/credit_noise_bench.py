@@ -136,7 +136,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Each arm minus noise 0, paired by seed, and its verdict at the tool's margin: a fifth
     of what sparse gains over the initial policy (a study's default `margin`)."""
-    from service.tuning.verdict import decide, equivalence_margin, estimate
+    from service.tuning.study.verdict import decide, equivalence_margin, estimate
 
     by = {(r["arm"], r["seed"]): r for r in runs}
     out: dict[str, Any] = {}

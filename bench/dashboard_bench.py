@@ -69,8 +69,8 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
     from service.store import studies as store
     from service.store.artifacts import record_artifacts
     from service.tuning.optuna_storage import open_storage
-    from service.tuning.space import control_arms, weights_from_params
-    from service.tuning.spec import parse_spec
+    from service.tuning.search.space import control_arms, weights_from_params
+    from service.tuning.spec.model import parse_spec
 
     rng = random.Random(seed)
     spec = parse_spec(
@@ -158,7 +158,7 @@ def fill(url: str, name: str, trials: int, seed: int = 0) -> None:
 
 
 def credited(text: str, weights: dict[str, float], rng: random.Random) -> dict[str, Any]:
-    """A sample as `service.tuning.credits` records it: every method's credits and the mix."""
+    """A sample as `service.tuning.study.credits` records it: every method's credits and the mix."""
     tokens = [f" {w}" for w in text.split()]
     methods = [
         {

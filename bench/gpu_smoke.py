@@ -33,8 +33,8 @@ from common import machine
 from service.executor import make_executor
 from service.export import export_verl, portable_shape
 from service.settings import get_settings
-from service.tuning.loop import run_study
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import run_study
 from trainers.config import TrainConfig
 from trainers.portable_shape import ShapedRewards
 from trainers.ppo import train

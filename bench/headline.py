@@ -37,7 +37,7 @@ import yaml
 from common import machine, series
 from methods_bench import one_run, plot, summarize
 
-from service.tuning.verdict import OBJECTIVE_WORDS, decide, equivalence_margin, estimate
+from service.tuning.study.verdict import OBJECTIVE_WORDS, decide, equivalence_margin, estimate
 from trainers.signals import area_under_curve
 
 RM = {"critic_init": "reward_model"}
@@ -128,7 +128,7 @@ def _incumbent(study: dict[str, Any], name: str) -> dict[str, Any]:
 
 def confidence(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % t-interval (nan for one value), as the service
-    computes it for the re-evaluation (`service.tuning.verdict.estimate`)."""
+    computes it for the re-evaluation (`service.tuning.study.verdict.estimate`)."""
     found = estimate(values)
     half = float("nan") if found.high is None or found.mean is None else found.high - found.mean
     return statistics.fmean(values), half

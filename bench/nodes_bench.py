@@ -42,9 +42,9 @@ def one(nodes: int) -> dict[str, float]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only
     from ray.cluster_utils import Cluster
 
-    from service.tuning.admission import executor_for
-    from service.tuning.loop import run_study
-    from service.tuning.spec import parse_spec
+    from service.tuning.spec.model import parse_spec
+    from service.tuning.study.admission import executor_for
+    from service.tuning.study.loop import run_study
 
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})

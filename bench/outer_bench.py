@@ -52,8 +52,8 @@ def study(fields: dict[str, Any], workers: int = 1) -> dict[str, Any]:
     import torch
 
     from service.executor import InlineExecutor
-    from service.tuning.loop import run_study
-    from service.tuning.spec import parse_spec
+    from service.tuning.spec.model import parse_spec
+    from service.tuning.study.loop import run_study
 
     torch.set_num_threads(1)
     spec = parse_spec(

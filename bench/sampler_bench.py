@@ -35,8 +35,8 @@ def one_study(sampler: str, seed: int, trials: int) -> dict[str, Any]:
 
     from service.executor import InlineExecutor
     from service.read import model as read
-    from service.tuning.loop import run_study
-    from service.tuning.spec import parse_spec
+    from service.tuning.spec.model import parse_spec
+    from service.tuning.study.loop import run_study
 
     torch.set_num_threads(1)
     spec = parse_spec(

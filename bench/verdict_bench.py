@@ -8,7 +8,7 @@ time with one torch thread each:
 
 * sparse on seeds 0 .. pool-1, a second sparse arm on seeds pool .. 2 pool-1 (the same arm
   under another label: the null is true), and exact Shapley on seeds 0 .. pool-1;
-* then it runs `service.tuning.reevaluate` itself, race after race, on an executor that
+* then it runs `service.tuning.study.reevaluate` itself, race after race, on an executor that
   answers each run from the pool: race r takes its seeds in the order of a permutation of
   the pool drawn from r, so every race is paired by seed (A/A pairs run k of one sparse arm
   with run k of the other).
@@ -53,7 +53,7 @@ ARMS = {"sparse": {"sparse": 1.0}, "shapley": {"shapley": 1.0}}
 def one_run(arm: str, seed: int) -> dict[str, Any]:
     import torch
 
-    from service.tuning.objective import objective_value
+    from service.tuning.search.objective import objective_value
     from trainers.config import TrainConfig
     from trainers.ppo import train
     from trainers.tasks import make_task
@@ -85,9 +85,9 @@ def races(runs: list[dict[str, Any]], pool: int, count: int, effect: bool) -> li
     from service.executor import InlineExecutor
     from service.executor.base import Job, JobFn
     from service.tuning.contracts import InnerResult, TrialRecord
-    from service.tuning.objective import CURVE_KEY
-    from service.tuning.reevaluate import RaceSize, fresh_seed, reevaluate
-    from service.tuning.spec import parse_spec
+    from service.tuning.search.objective import CURVE_KEY
+    from service.tuning.spec.model import parse_spec
+    from service.tuning.study.reevaluate import RaceSize, fresh_seed, reevaluate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     by = {(r["arm"], r["seed"]): r for r in runs}

@@ -22,8 +22,8 @@ from common import machine
 
 from service.executor import make_executor
 from service.settings import get_settings
-from service.tuning.loop import run_study
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

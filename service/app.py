@@ -20,7 +20,7 @@ from service.dashboard.routes import router as dashboard_router
 from service.read.model import TrialNotFound
 from service.settings import Settings
 from service.store import studies as store
-from service.tuning.spec import StudySpec
+from service.tuning.spec.model import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    from service.tuning.coordinator import Coordinator, CoordinatorConfig
-    from service.tuning.loop import Timing
     from service.tuning.optuna_storage import create_tables
+    from service.tuning.study.coordinator import Coordinator, CoordinatorConfig
+    from service.tuning.study.loop import Timing
 
     settings: Settings = app.state.settings
     url = settings.storage_url()

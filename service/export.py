@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from service.formatting import weights as show_weights
-from service.tuning.spec import StudySpec
+from service.tuning.spec.model import StudySpec
 from trainers.explainer import NET, ensure_explainer, explainers_root
 from trainers.portable_shape import (
     EXPLAINER_FILE,

@@ -68,7 +68,7 @@ def heatmap_table(tokens: Sequence[str], rows: Sequence[Row], labels: Sequence[s
 
 
 def sample_table(sample: dict[str, Any]) -> str:
-    """The heatmap of a sample as `service.tuning.credits` records it: one row per method
+    """The heatmap of a sample as `service.tuning.study.credits` records it: one row per method
     of the trial, labelled with its weight, then the shaped mix."""
     methods = sample["methods"]
     used = [m for m in methods if m["weight"] > 0]

@@ -1,5 +1,5 @@
 """What the service shows a user is finite: the base of every response shape, and of the
-values the tuning computes for them (`service.tuning.verdict.Estimate`)."""
+values the tuning computes for them (`service.tuning.study.verdict.Estimate`)."""
 
 from __future__ import annotations
 

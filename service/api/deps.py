@@ -10,8 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.api.limits import admit
 from service.auth import SESSION_COOKIE, Role, reads_open, session_reads, token_role
 from service.settings import Settings
-from service.tuning.spec import SpecError, StudySpec
-from service.tuning.specfile import SpecTextError, load_json
+from service.tuning.spec.model import SpecError, StudySpec
+from service.tuning.spec.text import SpecTextError, load_json
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN`")
 

@@ -4,7 +4,7 @@ A local `shapetune run` trusts its user; a remote one must not read the server's
 exhaust it. On top of the spec's own validation (`parse_spec`): model directories and
 prompt files only under the folders the operator configured (symlinks resolved, no `..`),
 sizes within the server's limits, and the server's own database. Then the one admission
-path every spec takes (`service.tuning.admission.admit`).
+path every spec takes (`service.tuning.study.admission.admit`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import Settings
-from service.tuning.admission import admit as admit_here
-from service.tuning.spec import SpecError, StudySpec, TaskSpec, parse_spec
+from service.tuning.spec.model import SpecError, StudySpec, TaskSpec, parse_spec
+from service.tuning.study.admission import admit as admit_here
 
 PATH_OPTIONS: dict[str, dict[str, str]] = {
     "hf": {"policy": "model", "reward_model": "model", "prompts": "prompt"},

@@ -114,7 +114,7 @@ def serve(
 def _shown(error: Any) -> str:
     """A refused setting's value as an error may show it: never a token, never a password."""
     from service.redaction import safe_url
-    from service.tuning.specfile import shorten
+    from service.tuning.spec.text import shorten
 
     field = ".".join(map(str, error["loc"]))
     if "token" in field:

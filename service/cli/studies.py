@@ -50,7 +50,7 @@ def run(
     home: HomeOption = None,
 ) -> None:
     """Run a tuning study in the foreground until its budget of completed trials."""
-    from service.tuning.spec import SpecError, load_spec
+    from service.tuning.spec.model import SpecError, load_spec
 
     try:
         spec = load_spec(spec_file)
@@ -108,10 +108,10 @@ def reevaluate(
     at --max-seeds (undecided, with the seeds that would decide it). Kept with the study;
     `status NAME` shows it; run again, it reuses the finished runs."""
     from service.store.studies import StoreError
-    from service.tuning.admission import admit, executor_for
-    from service.tuning.reevaluate import RaceSize, ReevaluationError
-    from service.tuning.reevaluate import reevaluate as race
-    from service.tuning.spec import SpecError
+    from service.tuning.spec.model import SpecError
+    from service.tuning.study.admission import admit, executor_for
+    from service.tuning.study.reevaluate import RaceSize, ReevaluationError
+    from service.tuning.study.reevaluate import reevaluate as race
 
     setup_logging(verbose=False)
     home_dir = resolve_home(home)
@@ -186,7 +186,7 @@ def cancel(
 
 def schema() -> None:
     """Print the study spec's JSON schema."""
-    from service.tuning.spec import json_schema
+    from service.tuning.spec.model import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
@@ -282,7 +282,7 @@ def export(
 def _stored_spec(database: str, name: str) -> Any:
     """A study's spec as its store keeps it, checked again (it may be from another version)."""
     from service.store.studies import StoreError, get_study
-    from service.tuning.spec import SpecError, parse_spec
+    from service.tuning.spec.model import SpecError, parse_spec
 
     try:
         return parse_spec(get_study(database, name).spec)
@@ -321,9 +321,9 @@ def _drive(
     from service.redaction import safe_url
     from service.store.models import StudyStatus
     from service.store.studies import StoreError, StudyExists, get_study
-    from service.tuning.admission import admit, executor_for
-    from service.tuning.loop import StudyBusy, run_study
-    from service.tuning.spec import SpecError, same_study
+    from service.tuning.spec.model import SpecError, same_study
+    from service.tuning.study.admission import admit, executor_for
+    from service.tuning.study.loop import StudyBusy, run_study
 
     setup_logging(verbose=False)
     database = resolve_storage(storage, home)

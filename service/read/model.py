@@ -40,9 +40,9 @@ from service.read.schemas import (
 from service.store import studies as store
 from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel, StudyStatus
-from service.tuning import verdict
 from service.tuning.contracts import REEVALUATION, TrialRecord, own_complete, sparse_arm
-from service.tuning.objective import (
+from service.tuning.optuna_storage import open_storage
+from service.tuning.search.objective import (
     CURVE_KEY,
     direction,
     directions,
@@ -51,9 +51,9 @@ from service.tuning.objective import (
     pareto_front,
     primary,
 )
-from service.tuning.optuna_storage import open_storage
-from service.tuning.pairing import Pooled, differences, paired, pool
-from service.tuning.verdict import Estimate
+from service.tuning.search.pairing import Pooled, differences, paired, pool
+from service.tuning.study import verdict
+from service.tuning.study.verdict import Estimate
 
 IMPORTANCE_MIN_TRIALS = 10
 """Completed trials before parameter importance is shown."""
@@ -158,7 +158,7 @@ def artifacts(
 
 def reevaluation(url: str, name: str) -> Reevaluation | None:
     """The study's latest race of its best shapes against sparse
-    (`service.tuning.reevaluate`), its verdict in words."""
+    (`service.tuning.study.reevaluate`), its verdict in words."""
     found = _study(url, name)
     kept = None if found is None else found.user_attrs.get(REEVALUATION)
     if not isinstance(kept, dict):

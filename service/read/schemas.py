@@ -1,5 +1,5 @@
 """What the API returns. A request body that creates a study is the study spec itself
-(`StudyCreate` in the OpenAPI document is `service.tuning.spec.StudySpec`)."""
+(`StudyCreate` in the OpenAPI document is `service.tuning.spec.model.StudySpec`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel
 
 from service.public import Public
 from service.store.models import StudyStatus
-from service.tuning.verdict import Estimate
+from service.tuning.study.verdict import Estimate
 
 Status = StudyStatus
 """A study's status (`service.store.models.StudyStatus`; an enum in the OpenAPI document)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from service.formatting import interval, number, weights
 from service.read.schemas import Arm, Reevaluation
-from service.tuning.pairing import Pooled, paired
-from service.tuning.verdict import (
+from service.tuning.search.pairing import Pooled, paired
+from service.tuning.study.verdict import (
     LEVEL,
     MAX_SEEDS_ESTIMATE,
     OBJECTIVE_WORDS,

@@ -28,7 +28,7 @@ REEVALUATION = "reevaluation"
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    """How a study judges its trials part-way (`service.tuning.pruning`), as every process
+    """How a study judges its trials part-way (`service.tuning.search.pruning`), as every process
     that judges one builds the same pruner from it. Steps are PPO steps of the inner run."""
 
     kind: str
@@ -66,7 +66,7 @@ class InnerJob:
     seeds: int
     """Inner runs of the trial: its value at a step is their mean there."""
     credit: bool
-    """Credit the sample responses token by token (`service.tuning.credits`)."""
+    """Credit the sample responses token by token (`service.tuning.study.credits`)."""
     gpus: float = 0.0
     """GPUs the executor reserves for the run (the spec's resources.gpus): the run must
     then find CUDA, on the device Ray gave it."""

@@ -28,8 +28,8 @@ from service.read import model as read
 from service.read.schemas import Arm, TrialSummary
 from service.settings import Settings
 from service.store import studies as store
-from service.tuning.loop import run_study
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import run_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from service.cli import app
 from service.store.studies import create_study
 from service.tuning.contracts import TrialRecord
-from service.tuning.spec import StudySpec, parse_spec
+from service.tuning.spec.model import StudySpec, parse_spec
 from shaping.attribution.amortized import AmortizedAttributor
 from shaping.batch import RolloutBatch
 from trainers import explainer

@@ -25,9 +25,9 @@ import ray
 
 ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
          log_to_driver=False, configure_logging=False)
-from service.tuning.admission import executor_for
-from service.tuning.spec import parse_spec
-from service.tuning.loop import run_study
+from service.tuning.study.admission import executor_for
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import run_study
 
 spec = parse_spec(json.loads(sys.argv[1]))
 home = Path(sys.argv[2])

@@ -14,7 +14,7 @@ from service.read import model as read
 from service.store import studies as store
 from service.tuning.contracts import CONTROL_SPARSE, TrialRecord, write
 from service.tuning.optuna_storage import open_storage
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
 
 NAME = "live"
 U = {"u0": FloatDistribution(0, 1)}

@@ -21,8 +21,8 @@ from service.cli import app as cli_app
 from service.redaction import safe_url
 from service.settings import Settings
 from service.store import studies as store
-from service.tuning.coordinator import Backoff, Coordinator, CoordinatorConfig
-from service.tuning.loop import Timing
+from service.tuning.study.coordinator import Backoff, Coordinator, CoordinatorConfig
+from service.tuning.study.loop import Timing
 
 runner = CliRunner()
 PASSWORD = "hunter2-Secret"
@@ -104,7 +104,7 @@ def test_a_study_that_cannot_start_fails_once_and_the_next_runs(
         url=url, home=tmp_path, timing=Timing(heartbeat=1, grace=3, lease=3), poll_s=0.05
     )
     coordinator = Coordinator(config)
-    with caplog.at_level(logging.DEBUG, logger="service.tuning.coordinator"):
+    with caplog.at_level(logging.DEBUG, logger="service.tuning.study.coordinator"):
         coordinator.start()
         deadline = time.monotonic() + 120
         while store.get_study(url, "good").status not in ("completed", "failed"):

@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from service.tuning.spec import json_schema, load_spec
+from service.tuning.spec.model import json_schema, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -68,9 +68,9 @@ def test_a_retry_that_cannot_see_its_checkpoint_says_so(
 
     from service.executor import InlineExecutor
     from service.tuning.contracts import InnerJob
-    from service.tuning.inner import run_inner
-    from service.tuning.loop import run_study
-    from service.tuning.spec import parse_spec
+    from service.tuning.spec.model import parse_spec
+    from service.tuning.study.inner import run_inner
+    from service.tuning.study.loop import run_study
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     spec = parse_spec(make_spec(methods=["sparse"], budget=1, seeds=1, control_arms=False))

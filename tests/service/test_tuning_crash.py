@@ -26,9 +26,9 @@ from sqlalchemy import update
 from service.store import studies as store
 from service.store.db import session_scope
 from service.store.models import LeaseModel
-from service.tuning.loop import Progress, Timing, run_study
 from service.tuning.optuna_storage import open_storage
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 Spec = Callable[..., dict[str, Any]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.tuning.credits import credit_samples
+from service.tuning.study.credits import credit_samples
 from trainers.config import ShapingConfig, TaskConfig, TrainConfig
 from trainers.tasks import make_task
 from trainers.tasks.synthetic import SyntheticTask

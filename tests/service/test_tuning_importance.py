@@ -16,8 +16,8 @@ from service.executor.inline import InlineExecutor
 from service.read.model import IMPORTANCE_MIN_TRIALS, importance
 from service.read.model import study as read_study
 from service.tuning.contracts import InnerJob, InnerResult
-from service.tuning.loop import Timing, run_study
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 SPEC = {"objective": "auc", "methods": ["sparse", "uniform", "red"]}

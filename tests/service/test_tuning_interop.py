@@ -15,8 +15,8 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 from service.executor import InlineExecutor
-from service.tuning.loop import Timing, run_study
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 

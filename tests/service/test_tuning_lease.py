@@ -18,8 +18,8 @@ from service.executor import InlineExecutor
 from service.store import studies as store
 from service.store.db import session_scope
 from service.store.models import LeaseModel
-from service.tuning.loop import LeaseLost, Progress, StudyBusy, Timing, run_study
-from service.tuning.spec import parse_spec
+from service.tuning.spec.model import parse_spec
+from service.tuning.study.loop import LeaseLost, Progress, StudyBusy, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=1.5, poll=0.2)
 Spec = Callable[..., dict[str, Any]]

@@ -19,11 +19,11 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor import InlineExecutor
 from service.read.model import study as read_study
 from service.read.model import trials as read_trials
-from service.tuning.admission import check_runnable
 from service.tuning.contracts import TrialRecord
-from service.tuning.loop import Timing, run_study
-from service.tuning.objective import incumbent, pareto_front
-from service.tuning.spec import SpecError, StudySpec, parse_spec
+from service.tuning.search.objective import incumbent, pareto_front
+from service.tuning.spec.model import SpecError, StudySpec, parse_spec
+from service.tuning.study.admission import check_runnable
+from service.tuning.study.loop import Timing, run_study
 from trainers.tasks import TASKS
 from trainers.tasks.synthetic import SyntheticTask
 

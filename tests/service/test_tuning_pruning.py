@@ -20,11 +20,11 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor import InlineExecutor
 from service.executor.base import Job, JobFn, Outcome
 from service.store import studies as store
-from service.tuning import inner
 from service.tuning.contracts import PrunerConfig, TrialRecord
-from service.tuning.loop import Progress, Timing, run_study
-from service.tuning.pruning import judge, make_pruner, pruner_config
-from service.tuning.spec import StudySpec, parse_spec
+from service.tuning.search.pruning import judge, make_pruner, pruner_config
+from service.tuning.spec.model import StudySpec, parse_spec
+from service.tuning.study import inner
+from service.tuning.study.loop import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 STEPS = 6

@@ -20,13 +20,13 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor.base import Job, JobFn
 from service.executor.inline import InlineExecutor
 from service.tuning.contracts import CONTROL_SPARSE, InnerJob, InnerResult, TrialRecord
-from service.tuning.loop import Timing, run_study
-from service.tuning.spec import SpecError, parse_spec
+from service.tuning.spec.model import SpecError, parse_spec
+from service.tuning.study.loop import Timing, run_study
 
 try:
     import torch
 
-    from service.tuning import qnei
+    from service.tuning.search import qnei
 except ImportError as e:  # the botorch extra is not installed
     if os.environ.get("CI"):
         raise RuntimeError(f"the botorch extra is part of the test machine under CI: {e}") from e

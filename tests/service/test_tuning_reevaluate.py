@@ -31,10 +31,10 @@ from service.read import model as read
 from service.read.model import reevaluation
 from service.settings import Settings
 from service.tuning.contracts import InnerResult, TrialRecord
-from service.tuning.loop import Timing, run_study
-from service.tuning.objective import CURVE_KEY, objective_value
-from service.tuning.reevaluate import RaceSize, ReevaluationError, fresh_seed, reevaluate
-from service.tuning.spec import StudySpec, parse_spec
+from service.tuning.search.objective import CURVE_KEY, objective_value
+from service.tuning.spec.model import StudySpec, parse_spec
+from service.tuning.study.loop import Timing, run_study
+from service.tuning.study.reevaluate import RaceSize, ReevaluationError, fresh_seed, reevaluate
 from trainers.ppo import train
 from trainers.tasks import make_task
 

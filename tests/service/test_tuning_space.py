@@ -8,8 +8,8 @@ import numpy as np
 import optuna
 import pytest
 
-from service.tuning import space
-from service.tuning.spec import parse_spec
+from service.tuning.search import space
+from service.tuning.spec.model import parse_spec
 
 METHODS = ["sparse", "uniform", "red", "shapley"]
 
@@ -113,7 +113,7 @@ def test_suggest_asks_for_k_minus_1_weights_and_the_knobs() -> None:
 def test_a_method_option_is_a_knob_the_study_searches() -> None:
     """`amortized.prior` (any numeric method option) is searched like a PPO knob
     and reaches the inner run's method options; other options are refused, by name."""
-    from service.tuning.spec import SpecError, corner_configs
+    from service.tuning.spec.model import SpecError, corner_configs
 
     spec = parse_spec(
         {

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.tuning.spec import SpecError, StudySpec, TaskSpec, load_spec, parse_spec
+from service.tuning.spec.model import SpecError, StudySpec, TaskSpec, load_spec, parse_spec
 
 Spec = dict[str, Any]
 INNER: dict[str, Any] = {
@@ -267,7 +267,7 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 def test_the_example_specs_are_valid(path: Path) -> None:
     """The README's specs (the demo's first) parse, and the inner runs at both ends of every
     knob build, their method options checked by the methods themselves."""
-    from service.tuning.spec import corner_configs
+    from service.tuning.spec.model import corner_configs
 
     spec = load_spec(path)
     assert spec.name == path.stem

@@ -17,10 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor import InlineExecutor
 from service.executor.base import Executor, Job, JobFn, Outcome
 from service.store import studies as store
-from service.tuning import inner, space
 from service.tuning.contracts import InnerJob, InnerResult
-from service.tuning.loop import Progress, Timing, run_study
-from service.tuning.spec import StudySpec, parse_spec
+from service.tuning.search import space
+from service.tuning.spec.model import StudySpec, parse_spec
+from service.tuning.study import inner
+from service.tuning.study.loop import Progress, Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 TINY_INNER_PRUNED = {

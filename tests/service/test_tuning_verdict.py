@@ -14,8 +14,8 @@ from scipy import stats
 
 from service.read.schemas import Arm, ReevaluatedArm, Reevaluation
 from service.read.verdicts import gain, sentence
-from service.tuning.pairing import pool
-from service.tuning.verdict import decide, estimate, race_level, seeds_to_decide
+from service.tuning.search.pairing import pool
+from service.tuning.study.verdict import decide, estimate, race_level, seeds_to_decide
 
 
 def test_the_interval_is_students_t_over_the_seeds() -> None:

@@ -20,9 +20,9 @@ from service.executor import InlineExecutor
 from service.read.model import study as read_study
 from service.store import studies as store
 from service.tuning.contracts import TrialRecord
-from service.tuning.loop import Timing, run_study
-from service.tuning.spec import SpecError, StudySpec, parse_spec
-from service.tuning.warm import check_warm_start
+from service.tuning.search.warm import check_warm_start
+from service.tuning.spec.model import SpecError, StudySpec, parse_spec
+from service.tuning.study.loop import Timing, run_study
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 Spec = Callable[..., dict[str, Any]]

@@ -19,7 +19,7 @@ from service.read.schemas import (
     TrialsPublic,
 )
 from service.store import studies as store
-from service.tuning.spec import NAME_PATTERN
+from service.tuning.spec.model import NAME_PATTERN
 
 Owner = Annotated[
     str | None,

@@ -23,10 +23,10 @@ from service.redaction import safe_url
 from service.store import studies as store
 from service.store.db import TRANSIENT, is_transient
 from service.store.models import StudyStatus
-from service.tuning.admission import admit, executor_for
-from service.tuning.loop import LeaseLost, StudyBusy, Timing, run_study
-from service.tuning.spec import SpecError, parse_spec
-from service.tuning.specfile import cut
+from service.tuning.spec.model import SpecError, parse_spec
+from service.tuning.spec.text import cut
+from service.tuning.study.admission import admit, executor_for
+from service.tuning.study.loop import LeaseLost, StudyBusy, Timing, run_study
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from service.redaction import safe_url
 from service.store import studies as store
 from service.store.db import sqlite_path
 from service.tuning.contracts import TrialRecord, own_complete
-from service.tuning.objective import kl_excess
 from service.tuning.optuna_storage import opened_storage
-from service.tuning.spec import SpecError, StudySpec, parse_spec
+from service.tuning.search.objective import kl_excess
+from service.tuning.spec.model import SpecError, StudySpec, parse_spec
 
 SEARCH = ("task", "methods", "knobs", "objective", "target", "objectives")
 """Spec fields that must match for trials to mean the same point and the same value."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.executor import Executor, check_resources, make_executor
-from service.tuning.samplers import SamplerUnavailable, check_available
-from service.tuning.spec import SpecError, StudySpec, corner_configs
+from service.tuning.search.samplers import SamplerUnavailable, check_available
+from service.tuning.spec.model import SpecError, StudySpec, corner_configs
 from trainers.config import ConfigError
 from trainers.ppo import check_config
 from trainers.tasks import TaskError, make_task
@@ -87,8 +87,8 @@ def executor_for(spec: StudySpec, name: str | None, ray_address: str | None) -> 
 
 def _check_warm_start(spec: StudySpec, url: str) -> None:
     """`SpecError` unless every study the spec warm-starts from is in the store at `url`
-    and comparable (`service.tuning.warm`)."""
-    from service.tuning.warm import check_warm_start  # reads the store: only when asked
+    and comparable (`service.tuning.search.warm`)."""
+    from service.tuning.search.warm import check_warm_start  # reads the store: only when asked
 
     if spec.warm_start:
         check_warm_start(spec, url)

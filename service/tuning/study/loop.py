@@ -32,7 +32,6 @@ from service.formatting import estimate
 from service.store import studies as store
 from service.store.artifacts import record_artifacts
 from service.store.models import STOPPING, StudyStatus
-from service.tuning import space
 from service.tuning.contracts import (
     InnerJob,
     InnerResult,
@@ -43,8 +42,9 @@ from service.tuning.contracts import (
     write,
     write_stored,
 )
-from service.tuning.inner import run_inner
-from service.tuning.objective import (
+from service.tuning.optuna_storage import opened_storage
+from service.tuning.search import space
+from service.tuning.search.objective import (
     GOLD_KEY,
     directions,
     incumbent,
@@ -52,11 +52,11 @@ from service.tuning.objective import (
     objective_value,
     primary,
 )
-from service.tuning.optuna_storage import opened_storage
-from service.tuning.pruning import pruner_config
-from service.tuning.samplers import make_sampler
-from service.tuning.spec import StudySpec, same_study
-from service.tuning.warm import check_warm_start, warm_copies
+from service.tuning.search.pruning import pruner_config
+from service.tuning.search.samplers import make_sampler
+from service.tuning.search.warm import check_warm_start, warm_copies
+from service.tuning.spec.model import StudySpec, same_study
+from service.tuning.study.inner import run_inner
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import statistics
 import optuna
 
 from service.tuning.contracts import PrunerConfig, TrialRecord, write_stored
-from service.tuning.spec import StudySpec
+from service.tuning.spec.model import StudySpec
 
 REDUCTION_FACTOR = 3
 """Hyperband's eta: each rung keeps the best third of its bracket (Li et al. 2018's default)."""

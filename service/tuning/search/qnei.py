@@ -12,7 +12,7 @@ noise is much the same across the simplex) with the weight of PRIOR_DOF degrees 
 freedom, then divided by the trial's seeds. A study whose trials all have one seed has no
 noise to see: the GP learns one level, as with `noise: learned`.
 
-Needs the `botorch` extra (imported by `service.tuning.samplers` only when asked for).
+Needs the `botorch` extra (imported by `service.tuning.search.samplers` only when asked for).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import BoTorchSampler
 
 from service.tuning.contracts import CONTROL_SPARSE, TrialRecord
-from service.tuning.pairing import differences, pool
+from service.tuning.search.pairing import differences, pool
 
 PRIOR_DOF = 2.0
 """Degrees of freedom the pooled variance weighs in each trial's variance estimate."""

@@ -6,8 +6,8 @@ gives unbiased estimates. As SMAC's intensifier races challengers against its in
 the same instances, the race runs its arms in rounds on the same fresh seeds: every round
 adds seeds to every arm still in it, a shape leaves once its interval against the leader
 says it is behind, and the race stops as soon as the best shape's verdict against sparse is
-decided (`service.tuning.verdict.decide`) or at `max_seeds`. Its intervals are wider at the
-looks before the last (`service.tuning.verdict.race_level`), so that stopping early, and
+decided (`service.tuning.study.verdict.decide`) or at `max_seeds`. Its intervals are wider at the
+looks before the last (`service.tuning.study.verdict.race_level`), so that stopping early, and
 picking the best of several shapes, keeps the race's chance of a false verdict within 5 %.
 
 The sparse baseline is the best trial at the sparse vertex: where a study tuned knobs (a
@@ -35,7 +35,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.executor import Executor
 from service.formatting import number
-from service.tuning import verdict
 from service.tuning.contracts import (
     CONTROL_SPARSE,
     REEVALUATION,
@@ -44,12 +43,13 @@ from service.tuning.contracts import (
     TrialRecord,
 )
 from service.tuning.contracts import own_complete as own_completed
-from service.tuning.inner import run_inner
-from service.tuning.loop import run_key, stderr
-from service.tuning.objective import CURVE_KEY, direction, is_feasible, primary
 from service.tuning.optuna_storage import opened_storage
-from service.tuning.pairing import paired
-from service.tuning.spec import StudySpec
+from service.tuning.search.objective import CURVE_KEY, direction, is_feasible, primary
+from service.tuning.search.pairing import paired
+from service.tuning.spec.model import StudySpec
+from service.tuning.study import verdict
+from service.tuning.study.inner import run_inner
+from service.tuning.study.loop import run_key, stderr
 
 FRESH_SEEDS = 10_000
 """Fresh seeds start here (a study's own seeds are its seed and the few after it)..."""

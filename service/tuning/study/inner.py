@@ -24,10 +24,10 @@ from service.store.artifacts import checkpoint_host, record_artifacts
 from service.store.models import STOPPING
 from service.store.studies import get_study
 from service.tuning.contracts import ArtifactFile, InnerJob, InnerResult, PrunerConfig, TrialRecord
-from service.tuning.credits import credit_samples
-from service.tuning.objective import CURVE_KEY, objective_value
 from service.tuning.optuna_storage import open_storage
-from service.tuning.pruning import judge, open_judged_study
+from service.tuning.search.objective import CURVE_KEY, objective_value
+from service.tuning.search.pruning import judge, open_judged_study
+from service.tuning.study.credits import credit_samples
 from trainers.checkpoint import CHECKPOINT, RESULT
 from trainers.config import TrainConfig
 from trainers.explainer import explainers_root
@@ -237,7 +237,7 @@ def _progress_report(
     pruned: threading.Event,
 ) -> Callable[[int, dict[str, float]], None]:
     """Keep each evaluation in the trial's progress for this seed, then judge the trial
-    (`service.tuning.pruning`); set `pruned` once it is pruned (the stop check then ends
+    (`service.tuning.search.pruning`); set `pruned` once it is pruned (the stop check then ends
     the run). A retried trial's progress, inherited from the trial it retries, is kept."""
     study = open_judged_study(job.study, storage, config)
     key = TrialRecord.progress_key(job.seed_index)

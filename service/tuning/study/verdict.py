@@ -26,7 +26,7 @@ from typing import Literal
 from scipy import stats
 
 from service.public import Public
-from service.tuning.pairing import Pooled, variance
+from service.tuning.search.pairing import Pooled, variance
 
 LEVEL = 0.95
 OWN_SPREAD = 3

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import optuna
 
 from service.tuning.contracts import control_label
-from service.tuning.spec import StudySpec
+from service.tuning.spec.model import StudySpec
 
 
 def _u_name(i: int) -> str:

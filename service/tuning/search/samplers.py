@@ -44,7 +44,7 @@ def make_sampler(config: dict[str, Any], started: int) -> optuna.samplers.BaseSa
 
 def _qnei(noise: str, startup: int, seed: int) -> optuna.samplers.BaseSampler:
     try:
-        from service.tuning.qnei import QNEISampler
+        from service.tuning.search.qnei import QNEISampler
     except ImportError as e:
         raise SamplerUnavailable(
             "sampler 'qnei' needs BoTorch: pip install 'shapetune[botorch]' "

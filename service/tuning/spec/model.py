@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.redaction import safe_url
 from service.store.db import StoreError, check_url
-from service.tuning.specfile import MAX_BYTES, SpecTextError, cut, load_yaml, shorten
+from service.tuning.spec.text import MAX_BYTES, SpecTextError, cut, load_yaml, shorten
 from shaping.attribution import ATTRIBUTORS
 from shaping.attribution.options import Real
 from trainers.config import ConfigError, TrainConfig
@@ -390,7 +390,7 @@ def parse_spec(data: Any) -> StudySpec:
     The inner run is checked by the trainer's own config, as each trial will build it, at
     both ends of every searched knob: a range the trainer refuses anywhere is refused here.
     What needs the task itself (its files, its models' sizes, the device) is checked by
-    `service.tuning.admission.check_runnable`."""
+    `service.tuning.study.admission.admit`."""
     if not isinstance(data, dict):
         raise SpecError([f"a spec is a mapping of fields; got {type(data).__name__}"])
     try:
@@ -462,7 +462,7 @@ def _describe(err: Any) -> list[str]:
 
 
 def load_spec(path: Path) -> StudySpec:
-    """Read a YAML or JSON spec file (bounded: `service.tuning.specfile`)."""
+    """Read a YAML or JSON spec file (bounded: `service.tuning.spec.text`)."""
     try:
         if not path.is_file():
             raise SpecError([f"spec file {str(path)!r} does not exist"])
