@@ -16,7 +16,7 @@ import statistics
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
@@ -189,29 +189,24 @@ def trial_summary(
         else None
     )
     return TrialSummary(
+        **{name: getattr(record, name) for name in _RECORD_IN_ROW},
         number=t.number,
         state=t.state.name,
-        label=record.label,
-        weights=record.weights,
-        knobs=record.knobs,
         # Optuna gives a pruned trial the reward at the step it was pruned at, which is not
         # its objective: shown as none, beside its steps.
         value=None if t.state == TrialState.PRUNED else primary(t),
         gold=statistics.fmean(record.gold_values) if record.gold_values else None,
         feasible=is_feasible(t),
-        stderr=record.stderr,
-        seed_values=record.seed_values,
         versus_sparse=versus,
-        failed_for=record.failed_for,
-        stopped_for=record.stopped_for,
-        steps=record.steps,
-        pruned_at=record.pruned_at,
-        warm_start=record.warm_start,
-        reused_from=record.reused_from,
         started=t.datetime_start,
         finished=t.datetime_complete,
         seconds=seconds,
     )
+
+
+_RECORD_IN_ROW = sorted(set(TrialSummary.model_fields) & {f.name for f in fields(TrialRecord)})
+"""What a trial's row shows of its record as the record keeps it (label, weights, knobs,
+seed values, steps, why it failed or stopped, ...): named once, by the two types."""
 
 
 def _summary(url: str, record: StudyModel, d: _Digest | None) -> StudySummary:
