@@ -2,7 +2,7 @@
 (`service.read.schemas`), and the API, the dashboard and the CLI (locally, or through the API
 with `--url`) all render those, so a study looks the same everywhere.
 
-Trials are read through one long-lived Optuna study per process (`study_trials`): Optuna
+Trials are read through one long-lived Optuna study per process (`_study_trials`): Optuna
 caches finished trials, so a page over a study of 10,000 trials costs one small query once
 the first read is done. What reads derive from all of a study's trials (the incumbent, the
 sparse control, the pooled paired spread, each finished trial's row and curve) is kept in a
@@ -172,7 +172,7 @@ def reevaluation(url: str, name: str) -> Reevaluation | None:
     return parsed
 
 
-def trial_summary(
+def _trial_summary(
     t: FrozenTrial, sparse: FrozenTrial | None = None, pooled: Pooled | None = None
 ) -> TrialSummary:
     """A trial's row; with the study's `sparse` control (and the paired spread `pooled`
@@ -298,10 +298,10 @@ class _Digest:
     def summary(self, t: FrozenTrial) -> TrialSummary:
         """The trial's row; a finished trial's is built once."""
         if not t.state.is_finished():
-            return trial_summary(t, self.sparse, self.pooled)
+            return _trial_summary(t, self.sparse, self.pooled)
         row = self._rows.get(t.number)
         if row is None:
-            row = self._rows[t.number] = trial_summary(t, self.sparse, self.pooled)
+            row = self._rows[t.number] = _trial_summary(t, self.sparse, self.pooled)
         return row
 
     def arm(self, t: FrozenTrial | None) -> Arm | None:
@@ -353,7 +353,7 @@ _digests: dict[tuple[str, str], _Digest] = {}
 def _digest(url: str, record: StudyModel) -> tuple[list[FrozenTrial], _Digest]:
     """The study's trials as read now, and its digest: kept while its stamp holds, else
     built afresh."""
-    trials = study_trials(url, record.name)
+    trials = _study_trials(url, record.name)
     counts = Counter(t.state.name for t in trials)
     objective = record.spec.get("objective", "auc")
     stamp = (objective, *sorted(counts.items()))
@@ -398,7 +398,7 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     return open_storage(url)
 
 
-def study_trials(url: str, name: str) -> list[FrozenTrial]:
+def _study_trials(url: str, name: str) -> list[FrozenTrial]:
     """Every trial of the study, shared: callers must not change them."""
     found = _study(url, name)
     return [] if found is None else found.get_trials(deepcopy=False)
