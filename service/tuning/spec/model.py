@@ -16,7 +16,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from service.redaction import safe_url
 from service.store.db import StoreError, check_url
@@ -479,4 +487,24 @@ def load_spec(path: Path) -> StudySpec:
 
 
 def json_schema() -> dict[str, Any]:
-    return StudySpec.model_json_schema()
+    """The spec's JSON schema, `inner` typed by the trainer's own config (less what the
+    study sets: the task, the seed, the run's folder and the weights), so that an editor
+    checks an inner run's fields as the trainer will."""
+    schema = StudySpec.model_json_schema()
+    trainer = TypeAdapter(TrainConfig).json_schema()
+    parts = trainer.pop("$defs")
+    del parts["TaskConfig"]  # the spec's `task`
+    parts["ShapingConfig"]["properties"].pop("weights")
+    for key in STUDY_OWNED:
+        trainer["properties"].pop(key)
+    for part in (trainer, *parts.values()):
+        part["additionalProperties"] = False
+    # Named apart from the spec's own definitions (its TaskSpec is not the trainer's).
+    renamed = json.loads(json.dumps([trainer, parts]).replace('"#/$defs/', '"#/$defs/Inner'))
+    schema["$defs"].update({f"Inner{name}": part for name, part in renamed[1].items()})
+    given = schema["properties"]["inner"]
+    schema["properties"]["inner"] = {
+        **renamed[0],
+        **{k: given[k] for k in ("title", "description", "default") if k in given},
+    }
+    return schema
