@@ -174,14 +174,19 @@ def main() -> None:
     arms += ["amortized"] if a.amortized else []
     if REFERENCE not in arms:
         parser.error("--noise must include 0: the arms are compared with it")
-    # Seeds are left out: a later sitting with more seeds reuses the runs of this one.
-    kept = {k: v for k, v in args.items() if k not in ("home", "seeds")}
+    # Seeds and arms are left out (each run is kept by its arm and seed): a later sitting
+    # with more seeds, noise levels or amortized reuses the runs of this one.
+    kept = {k: v for k, v in args.items() if k not in ("home", "seeds", "noise", "amortized")}
     settings = json.dumps(kept, sort_keys=True)
     keep = Path(args["home"]) / "bench" / "credit-noise"
     keep /= f"{a.task}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
     keep.mkdir(parents=True, exist_ok=True)
     todo = [(arm, s) for s in range(a.seeds) for arm in arms]
-    runs = [r for p in keep.glob("*.json") if (r := json.loads(p.read_text()))["seed"] < a.seeds]
+    runs = [
+        r
+        for p in keep.glob("*.json")
+        if (r := json.loads(p.read_text()))["seed"] < a.seeds and r["arm"] in arms
+    ]
     done = {(r["arm"], r["seed"]) for r in runs}
     if a.amortized:  # built once here, before two runs race to build it
         from trainers.explainer import ensure_explainer, explainers_root
