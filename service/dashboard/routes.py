@@ -34,7 +34,7 @@ router = APIRouter(include_in_schema=False)
 
 REFRESH_S = 5
 PAGE_ROWS = 100
-"""Trials per page of a study's table (its plots show every finished trial)."""
+"""Trials per page of a study's table (its plots draw its finished trials: `figures.thinned`)."""
 PLOTLY = f"plotly-{plotly.__version__}.min.js"
 ASSETS = {"dashboard.css": "text/css", "dashboard.js": "text/javascript", PLOTLY: "text/javascript"}
 
