@@ -212,6 +212,22 @@ def stage_rows(bar: Progress | LogProgress) -> Callable[..., None]:
     return show
 
 
+def build_explainer(task: Any, length: int, explainers: Path) -> None:
+    """`task`'s reward-model explainer for `length`-token responses, built (or found) under
+    `explainers` with its own bars before the runs that start from it; exit 2 naming the
+    problem when it cannot be."""
+    from shaping.reward_model import NoStatesError
+    from trainers.explainer import ensure_explainer
+
+    try:
+        with progress_bar() as bar:
+            ensure_explainer(task, length, explainers, on_progress=stage_rows(bar))
+    except (ValueError, NoStatesError, OSError) as e:
+        raise fail(
+            f"the reward model's explainer could not be built (amortized starts from it): {e}"
+        ) from e
+
+
 def quiet_transformers() -> None:
     """No weight-loading bars, and no padding warning for generate's finished rows (the
     trainer masks everything after a response's EOS itself)."""

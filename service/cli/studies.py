@@ -23,6 +23,7 @@ from service.cli.options import (
     StorageOption,
     TokenOption,
     UrlOption,
+    build_explainer,
     console,
     default_owner,
     existing_storage,
@@ -31,7 +32,6 @@ from service.cli.options import (
     resolve_home,
     resolve_storage,
     setup_logging,
-    stage_rows,
 )
 from service.cli.sources import LocalSource, RemoteSource, SourceError, study_source
 from service.formatting import number
@@ -294,18 +294,13 @@ def _stored_spec(database: str, name: str) -> Any:
 
 def _build_explainer(spec: Any, home: Path) -> None:
     """The reward model's explainer, which every `amortized` run of the study starts from."""
-    from shaping.reward_model import NoStatesError
-    from trainers.explainer import ensure_explainer, explainers_root
+    from trainers.explainer import explainers_root
     from trainers.tasks import make_task
 
     config = spec.base
-    try:
-        task = make_task(config.task.name, home, **config.task.options)
-        length = config.ppo.response_length or task.response_length
-        with progress_bar() as bar:
-            ensure_explainer(task, length, explainers_root(home), on_progress=stage_rows(bar))
-    except (ValueError, NoStatesError, OSError) as e:
-        raise fail(f"the reward model's explainer (for amortized) could not be built: {e}") from e
+    task = make_task(config.task.name, home, **config.task.options)  # admission built it
+    length = config.ppo.response_length or task.response_length
+    build_explainer(task, length, explainers_root(home))
 
 
 def _drive(

@@ -13,6 +13,7 @@ from service.cli import render
 from service.cli.options import (
     HomeOption,
     TaskOption,
+    build_explainer,
     console,
     fail,
     progress_bar,
@@ -212,9 +213,8 @@ def train(
     import time
 
     from service.curves import learning_curve_png
-    from shaping.reward_model import NoStatesError
     from trainers.config import PPOConfig, ShapingConfig, TaskConfig, TrainConfig
-    from trainers.explainer import ensure_explainer, explainers_root
+    from trainers.explainer import explainers_root
     from trainers.ppo import Hooks, TrainingError, check_config
     from trainers.ppo import train as run_train
     from trainers.tasks import TaskError, make_task
@@ -251,12 +251,7 @@ def train(
     console.print(f"run folder: {folder}")
     explainers = explainers_root(resolve_home(home))
     if config.shaping.weights.get("amortized", 0) > 0:  # its explainer first, with its own bars
-        try:
-            with progress_bar() as bar:
-                length = config.ppo.response_length or task.response_length
-                ensure_explainer(task, length, explainers, on_progress=stage_rows(bar))
-        except (ValueError, NoStatesError, OSError) as e:
-            raise fail(f"the reward model's explainer could not be built: {e}") from e
+        build_explainer(task, config.ppo.response_length or task.response_length, explainers)
     with progress_bar() as bar:
         job = bar.add_task("PPO", total=steps)
 

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import optuna
@@ -96,11 +96,11 @@ def study(url: str, name: str) -> StudyPublic:
         counts=d.counts,
         running=d.counts.get(TrialState.RUNNING.name, 0),
         failed=d.counts.get(TrialState.FAIL.name, 0),
-        best=d.arm(d.best),
-        sparse=d.arm(d.sparse),
+        best=d.best_arm,
+        sparse=d.sparse_arm,
         control_arms=d.control_arms,
-        pareto_front=d.front(record.spec),
-        importance=d.importance(record.spec),
+        pareto_front=d.front,
+        importance=d.importance,
         reevaluation=reevaluation(url, name),
     )
 
@@ -140,7 +140,7 @@ def curves(url: str, name: str) -> StudyCurves:
     (mean over seeds, at most MAX_CURVE_POINTS points) once it has finished."""
     found, d = _digest(url, store.get_study(url, name))
     unfinished = {t.number: t.params for t in found if not t.state.is_finished()}
-    kept = d.curves()
+    kept = d.curves
     if not unfinished:
         return kept
     fresh = StudyCurves(params=unfinished, curves={})  # only these few validated again
@@ -222,7 +222,7 @@ def _summary(url: str, record: StudyModel, d: _Digest | None) -> StudySummary:
         done=len(d.own) if d else 0,
         best_value=None if best is None else primary(best),
         sparse_value=None if sparse is None else primary(sparse),
-        gain=d.gain() if d else None,
+        gain=d.gain if d else None,
         coordinator=holder,
         coordinator_lost=lost,
         created_at=record.created_at,
@@ -283,6 +283,7 @@ class _Digest:
     state. Its rows are shared: callers must not change them."""
 
     stamp: tuple[Any, ...]
+    spec: dict[str, Any]
     finished: list[FrozenTrial]
     own: list[FrozenTrial]
     best: FrozenTrial | None
@@ -291,9 +292,6 @@ class _Digest:
     counts: dict[str, int]
     control_arms: list[Arm]
     _rows: dict[int, TrialSummary] = field(default_factory=dict)
-    _curves: StudyCurves | None = None
-    _importance: dict[str, float] | None = None
-    _front: list[int] | None = None
 
     def summary(self, t: FrozenTrial) -> TrialSummary:
         """The trial's row; a finished trial's is built once."""
@@ -310,41 +308,47 @@ class _Digest:
             return None
         return Arm(trial=t.number, **self.summary(t).model_dump(include=_ARM_FIELDS))
 
+    @cached_property
+    def best_arm(self) -> Arm | None:
+        return self.arm(self.best)
+
+    @cached_property
+    def sparse_arm(self) -> Arm | None:
+        return self.arm(self.sparse)
+
+    @cached_property
     def gain(self) -> Estimate | None:
         """The incumbent minus sparse, paired by seed (`verdicts.gain`)."""
-        best, sparse = self.arm(self.best), self.arm(self.sparse)
+        best, sparse = self.best_arm, self.sparse_arm
         return verdicts.gain(best, sparse, self.pooled) if best and sparse else None
 
-    def importance(self, spec: dict[str, Any]) -> dict[str, float]:
+    @cached_property
+    def importance(self) -> dict[str, float]:
         """`importance` over the own trials: over a study of 1,000 it takes seconds, and a
         live study's page is read every few."""
-        if self._importance is None:
-            self._importance = importance(spec, self.own)
-        return self._importance
+        return importance(self.spec, self.own)
 
-    def front(self, spec: dict[str, Any]) -> list[int]:
+    @cached_property
+    def front(self) -> list[int]:
         """With a second objective, the feasible own trials on the Pareto front."""
-        if self._front is None:
-            objectives = spec.get("objectives") or []
-            senses = directions(spec.get("objective", "auc"), objectives)
-            feasible = [t for t in self.own if is_feasible(t)]
-            front = pareto_front(feasible, senses) if len(objectives) >= 2 else []
-            self._front = [t.number for t in front]
-        return self._front
+        objectives = self.spec.get("objectives") or []
+        if len(objectives) < 2:
+            return []
+        senses = directions(self.spec.get("objective", "auc"), objectives)
+        return [t.number for t in pareto_front([t for t in self.own if is_feasible(t)], senses)]
 
+    @cached_property
     def curves(self) -> StudyCurves:
         """The finished trials' params and held-out reward curves (mean over seeds,
         downsampled), validated once: 10,000 trials' cost a second."""
-        if self._curves is None:
-            self._curves = StudyCurves(
-                params={t.number: t.params for t in self.finished},
-                curves={
-                    t.number: downsample(mean_curve(record.curves, CURVE_KEY))
-                    for t in self.finished
-                    if (record := TrialRecord.from_trial(t)).curves
-                },
-            )
-        return self._curves
+        return StudyCurves(
+            params={t.number: t.params for t in self.finished},
+            curves={
+                t.number: downsample(mean_curve(record.curves, CURVE_KEY))
+                for t in self.finished
+                if (record := TrialRecord.from_trial(t)).curves
+            },
+        )
 
 
 _digests: dict[tuple[str, str], _Digest] = {}
@@ -364,6 +368,7 @@ def _digest(url: str, record: StudyModel) -> tuple[list[FrozenTrial], _Digest]:
     sparse = sparse_arm(own)
     made = _Digest(
         stamp=stamp,
+        spec=record.spec,
         finished=[t for t in trials if t.state.is_finished()],
         own=own,
         best=incumbent(own, objective),
