@@ -119,7 +119,7 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
         result = train(config, task, explainers=explainers_root(home))
     finally:
         ShapleyAttributor._credits = original  # type: ignore[method-assign]
-    curves = {int(s): m for s, m in result.curves.items()}
+    curves = result.curves
     return {
         "arm": arm,
         "seed": seed,

@@ -84,7 +84,7 @@ def one_run(arm: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
         "arm": arm,
         "seed": seed,
         "wall_seconds": time.perf_counter() - started,
-        "curves": {int(s): m for s, m in result.curves.items()},
+        "curves": result.curves,
         "phase_seconds": dict(result.phase_seconds),
         "costs": dict(result.costs),
         "steps": result.steps,

@@ -62,7 +62,7 @@ def one_run(arm: str, seed: int) -> dict[str, Any]:
     config = TrainConfig.from_dict({**INNER, "shaping": {"weights": ARMS[arm]}, "seed": seed})
     started = time.perf_counter()
     result = train(config, make_task("synthetic", Path(tempfile.gettempdir())))
-    curve = {int(s): m for s, m in result.curves.items()}
+    curve = result.curves
     return {
         "arm": arm,
         "seed": seed,
@@ -106,10 +106,10 @@ def races(runs: list[dict[str, Any]], pool: int, count: int, effect: bool) -> li
             super().submit(self._answer, job)
 
         def _answer(self, job: Job) -> InnerResult:
-            k = int(self.order[job.config["seed"] - fresh_seed(spec.seed, 0)])
+            k = int(self.order[job.config.seed - fresh_seed(spec.seed, 0)])
             arm, offset = ("sparse", 0) if job.trial_number == 0 else challenger
             run = by[(arm, offset + k)]
-            curve = {"0": {CURVE_KEY: run["start"]}}
+            curve = {0: {CURVE_KEY: run["start"]}}
             return InnerResult(job.seed_index, "pool", value=run["value"], curve=curve)
 
     home = Path(tempfile.mkdtemp())

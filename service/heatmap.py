@@ -9,9 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
-
-from service.formatting import number
+from typing import NamedTuple, Protocol
 
 SHAPED = "shaped mix"
 """The row that mixes the methods' credits with a trial's weights."""
@@ -28,7 +26,9 @@ class Row(Protocol):
     def seconds(self) -> float: ...
 
 
-class _Recorded(NamedTuple):
+class Recorded(NamedTuple):
+    """A row as a trial keeps it (the dashboard's heatmaps)."""
+
     credits: Sequence[float]
     rows: int
     seconds: float
@@ -65,21 +65,6 @@ def heatmap_table(tokens: Sequence[str], rows: Sequence[Row], labels: Sequence[s
         + "".join(body)
         + "</table>"
     )
-
-
-def sample_table(sample: dict[str, Any]) -> str:
-    """The heatmap of a sample as `service.tuning.study.credits` records it: one row per method
-    of the trial, labelled with its weight, then the shaped mix."""
-    methods = sample["methods"]
-    used = [m for m in methods if m["weight"] > 0]
-    rows = [_Recorded(m["credits"], m["rm_rows"], m["seconds"]) for m in methods]
-    rows.append(
-        _Recorded(
-            sample["shaped"], sum(m["rm_rows"] for m in used), sum(m["seconds"] for m in used)
-        )
-    )
-    labels = [f"{m['method']} (w {number(m['weight'], 2)})" for m in methods] + [SHAPED]
-    return heatmap_table(sample["tokens"], rows, labels)
 
 
 def heatmap_html(

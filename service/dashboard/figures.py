@@ -13,8 +13,9 @@ from typing import Any
 
 from service import formatting
 from service.formatting import significant
+from service.heatmap import SHAPED, Recorded, heatmap_table
 from service.read.model import downsample
-from service.read.schemas import StudyPublic, TrialSummary
+from service.read.schemas import SampleCredits, StudyPublic, TrialSummary
 from service.tuning.contracts import CONTROL_SPARSE
 
 Figure = dict[str, Any]
@@ -540,14 +541,15 @@ def study_figures(view: StudyView) -> dict[str, Figure]:
     return {k: v for k, v in built.items() if v is not None}
 
 
-def seed_curves(trial: dict[str, Any]) -> dict[str, Figure]:
-    """One plot per signal (RM, gold, KL), one line per seed; signals never recorded are
-    left out (a task without a gold judge has no gold curve)."""
+def seed_curves(curves: list[dict[int, dict[str, float | None]]]) -> dict[str, Figure]:
+    """One plot per signal (RM, gold, KL), one line per seed (`curves`: a trial's, step ->
+    metrics); signals never recorded are left out (a task without a gold judge has no gold
+    curve)."""
     out = {}
     for key, title in CURVE_PANELS:
         data = []
-        for k, seed_curve in enumerate(trial["curves"]):  # step -> metrics, per seed
-            points = sorted((int(s), m[key]) for s, m in seed_curve.items() if key in m)
+        for k, seed_curve in enumerate(curves):
+            points = sorted((step, m[key]) for step, m in seed_curve.items() if key in m)
             if points:
                 data.append(
                     {
@@ -567,3 +569,19 @@ def seed_curves(trial: dict[str, Any]) -> dict[str, Figure]:
                 ),
             }
     return out
+
+
+def sample_heatmap(sample: SampleCredits) -> str:
+    """A credited sample as a heatmap table: one row per method of the trial, labelled with
+    its weight, then the shaped mix (a credit JSON could not keep, NaN, shows as nan)."""
+    used = [m for m in sample.methods if m.weight > 0]
+    rows = [Recorded(_floats(m.credits), m.rm_rows, m.seconds) for m in sample.methods]
+    rows.append(
+        Recorded(_floats(sample.shaped), sum(m.rm_rows for m in used), sum(m.seconds for m in used))
+    )
+    labels = [f"{m.method} (w {formatting.number(m.weight, 2)})" for m in sample.methods] + [SHAPED]
+    return heatmap_table(sample.tokens, rows, labels)
+
+
+def _floats(values: list[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]

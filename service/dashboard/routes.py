@@ -23,7 +23,6 @@ from service import formatting
 from service.api.deps import CredentialsDep, may_read
 from service.auth import SESSION_COOKIE, reads_open, session_value, token_role
 from service.dashboard import figures
-from service.heatmap import sample_table
 from service.read import model as read
 from service.read.model import TrialNotFound
 from service.read.schemas import StudyPublic
@@ -130,18 +129,19 @@ def study_page(
 @router.get("/studies/{name}/trials/{number}", response_class=HTMLResponse, dependencies=Reader)
 def trial_page(request: Request, name: str, number: int, where: WhereDep) -> HTMLResponse:
     try:
-        trial = read.trial(where.url, name, number).model_dump()
+        trial = read.trial(where.url, name, number)
         study = get_study(where.url, name)  # its spec and status only: no whole-study read
     except StoreError as e:
         return _problem(request, e)
-    trial |= {"study": name, "spec": study.spec}
-    live = study.status in LIVE and trial["state"] in ("RUNNING", "WAITING")
+    live = study.status in LIVE and trial.state in ("RUNNING", "WAITING")
     return _page(
         request,
         "trial.html",
         t=trial,
-        heatmaps=[sample_table(sample) for sample in trial["sample_credits"]],
-        figures=figures.seed_curves(trial),
+        study=name,
+        first_seed=study.spec["seed"],
+        heatmaps=[figures.sample_heatmap(sample) for sample in trial.sample_credits],
+        figures=figures.seed_curves(trial.curves),
         refresh=REFRESH_S if live else 0,
     )
 

@@ -40,7 +40,7 @@ from service.read.schemas import (
 from service.store import studies as store
 from service.store.artifacts import page_artifacts
 from service.store.models import StudyModel, StudyStatus
-from service.tuning.contracts import REEVALUATION, TrialRecord, own_complete, sparse_arm
+from service.tuning.contracts import REEVALUATION, Curve, TrialRecord, own_complete, sparse_arm
 from service.tuning.optuna_storage import open_storage
 from service.tuning.search.objective import (
     CURVE_KEY,
@@ -434,19 +434,18 @@ def _find(trials: Sequence[FrozenTrial], name: str, number: int) -> FrozenTrial:
     return found
 
 
-def mean_curve(curves: Sequence[dict[str, dict[str, float]]], key: str) -> list[tuple[int, float]]:
+def mean_curve(curves: Sequence[Curve], key: str) -> list[tuple[int, float]]:
     """(step, mean over the seeds that evaluated `key` at that step), by step."""
     by_step: dict[int, list[float]] = {}
     for seed_curve in curves:
         for step, metrics in seed_curve.items():
             if key in metrics:
-                by_step.setdefault(int(step), []).append(float(metrics[key]))
+                by_step.setdefault(step, []).append(float(metrics[key]))
     return [(s, statistics.fmean(v)) for s, v in sorted(by_step.items())]
 
 
-def _downsample_seed(curve: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    kept = downsample(sorted(curve.items(), key=lambda item: int(item[0])))
-    return dict(kept)
+def _downsample_seed(curve: Curve) -> Curve:
+    return dict(downsample(sorted(curve.items())))
 
 
 def downsample(points: Sequence[Any], n: int = MAX_CURVE_POINTS) -> list[Any]:

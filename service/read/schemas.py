@@ -255,7 +255,7 @@ class ArtifactsPublic(Public):
 class TrialPublic(TrialSummary):
     params: dict[str, Any]
     """What the sampler proposed (weights are derived from these)."""
-    curves: list[dict[str, dict[str, float | None]]]
+    curves: list[dict[int, dict[str, float | None]]]
     """Per seed: evaluation step -> held-out metrics."""
     intermediate_values: dict[int, float | None]
     """What the pruner saw, per step."""

@@ -8,11 +8,19 @@ model reads them through it, so no key is spelled twice.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
+
+from trainers.config import TrainConfig
+
+Curve = dict[int, dict[str, float]]
+"""A run's held-out metrics by evaluation step."""
 
 
 def control_label(method: str) -> str:
@@ -21,9 +29,9 @@ def control_label(method: str) -> str:
 
 
 CONTROL_SPARSE = control_label("sparse")
+"""The pure-sparse control arm, the baseline every shape is compared with."""
 REEVALUATION = "reevaluation"
 """The study user attribute that keeps the latest re-evaluation of the incumbent."""
-"""The pure-sparse control arm, the baseline every shape is compared with."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,10 @@ class InnerJob:
     """Optuna's id of the trial to heartbeat; None for a run of no trial."""
     trial_number: int
     seed_index: int
-    config: dict[str, Any]
-    """`TrainConfig.to_dict()` of the run."""
+    config: TrainConfig
+    """The run, its `run_dir` named by the trial's parameters: a retried trial continues
+    from its checkpoint."""
     home: str
-    run_dir: str
-    """Named by the trial's parameters: a retried trial continues from its checkpoint."""
     heartbeat_s: float
     objective: str
     target: float | None
@@ -74,6 +81,14 @@ class InnerJob:
     """False for a control arm: judged with the others, so that proposals are measured
     against it, but never stopped (every proposal is compared with the baselines)."""
 
+    def __post_init__(self) -> None:
+        if self.config.run_dir is None:
+            raise ValueError("an inner run keeps its checkpoints in a folder: set config.run_dir")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(str(self.config.run_dir))
+
 
 @dataclass(frozen=True)
 class ArtifactFile:
@@ -90,17 +105,16 @@ class InnerResult:
     seed_index: int
     host: str
     artifacts: list[ArtifactFile] = field(default_factory=list)
+    """The files it left on `host`, for the study's artifacts index."""
     node: str = ""
     """The Ray node that ran it ("" outside Ray)."""
     devices: str = ""
     """CUDA_VISIBLE_DEVICES as the run saw it: the GPUs Ray gave it ("" for none)."""
     resumed_from: int = 0
     """The step of the checkpoint it continued from (0: it started afresh)."""
-    """The files it left on `host`, for the study's artifacts index."""
     error: str | None = None
     value: float = float("nan")
-    curve: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Evaluation step (as a string: JSON keys) -> held-out metrics."""
+    curve: Curve = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
     sample_credits: list[dict[str, Any]] = field(default_factory=list)
@@ -123,7 +137,7 @@ class TrialRecord:
     knobs: dict[str, float] = field(default_factory=dict)
     seed_values: list[float] = field(default_factory=list)
     stderr: float | None = None
-    curves: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
     sample_credits: list[dict[str, Any]] = field(default_factory=list)
@@ -147,10 +161,35 @@ class TrialRecord:
     gold_values: list[float] = field(default_factory=list)
     """Per seed, the gold objective (the spec's `objectives: [..., gold]`)."""
 
+    @classmethod
+    def of_results(cls, seeds: Sequence[InnerResult]) -> TrialRecord:
+        """What a trial's inner runs (one a seed, in seed order) measured: the first error
+        if one failed; else each seed's value, curve and steps, their standard error and
+        mean final metrics, and the first seed's samples. Where each ran either way."""
+        placements = [_placement(r) for r in seeds if r.host]  # a lost worker left none
+        errors = [r.error for r in seeds if r.error]
+        if errors:
+            return cls(failed_for=errors[0], placements=placements)
+        values = [float(r.value) for r in seeds]
+        return cls(
+            seed_values=values,
+            stderr=stderr(values),
+            curves=[r.curve for r in seeds],
+            final=_mean_metrics([r.final for r in seeds]),
+            samples=seeds[0].samples,
+            sample_credits=seeds[0].sample_credits,
+            sample_credits_note=seeds[0].sample_credits_note,
+            placements=placements,
+            steps=[r.steps for r in seeds],
+        )
+
     def to_user_attrs(self) -> dict[str, Any]:
         """The attributes this record sets (those that differ from an empty record)."""
         empty = asdict(TrialRecord())
-        return {k: v for k, v in asdict(self).items() if v != empty[k]}
+        attrs = {k: v for k, v in asdict(self).items() if v != empty[k]}
+        if "curves" in attrs:  # JSON's keys are strings: every storage then reads the same
+            attrs["curves"] = [{str(step): m for step, m in c.items()} for c in attrs["curves"]]
+        return attrs
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
@@ -159,7 +198,10 @@ class TrialRecord:
     @classmethod
     def from_attrs(cls, user_attrs: dict[str, Any]) -> TrialRecord:
         """The record of a trial's user attributes (a live `optuna.Trial`'s too)."""
-        return cls(**{k: v for k, v in user_attrs.items() if k in _RECORD_FIELDS})
+        kept = {k: v for k, v in user_attrs.items() if k in _RECORD_FIELDS}
+        if "curves" in kept:
+            kept["curves"] = [{int(step): m for step, m in c.items()} for c in kept["curves"]]
+        return cls(**kept)
 
     @staticmethod
     def progress_key(seed_index: int) -> str:
@@ -187,7 +229,22 @@ def own_complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(WARM)]
 
 
-def placement(result: InnerResult) -> dict[str, Any]:
+def stderr(values: list[float]) -> float:
+    """The standard error of the mean of `values`; NaN for fewer than 2 or a non-finite one."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):  # stdev raises on NaN
+        return float("nan")
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric every row has."""
+    if len(rows) == 1:
+        return rows[0]
+    keys = set.intersection(*(set(r) for r in rows))
+    return {k: statistics.fmean(r[k] for r in rows) for k in sorted(keys)}
+
+
+def _placement(result: InnerResult) -> dict[str, Any]:
     """Where an inner run ran, as a trial keeps it."""
     return {
         "seed_index": result.seed_index,

@@ -59,8 +59,8 @@ class MadeUpExecutor(InlineExecutor):
 
 
 def _made_up(job: InnerJob) -> InnerResult:
-    value = -((job.config["shaping"]["weights"]["red"] - 0.6) ** 2)
-    curve = {"0": {"eval/rm_mean": 0.0}, "4": {"eval/rm_mean": value}}
+    value = -((job.config.shaping.weights["red"] - 0.6) ** 2)
+    curve = {0: {"eval/rm_mean": 0.0}, 4: {"eval/rm_mean": value}}
     return InnerResult(job.seed_index, host="test", value=value, curve=curve, steps=4)
 
 

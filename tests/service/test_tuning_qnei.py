@@ -147,9 +147,9 @@ class SeedNoiseExecutor(InlineExecutor):
 
 
 def _result(job: InnerJob) -> InnerResult:
-    w = job.config["shaping"]["weights"]
+    w = job.config.shaping.weights
     value = -((w["red"] - 0.6) ** 2) + (0.05 if job.seed_index else -0.05) * w["uniform"]
-    curve = {"0": {"eval/rm_mean": 0.0}, "4": {"eval/rm_mean": value}}
+    curve = {0: {"eval/rm_mean": 0.0}, 4: {"eval/rm_mean": value}}
     return InnerResult(job.seed_index, host="test", value=value, curve=curve, steps=4)
 
 

@@ -86,8 +86,7 @@ def test_a_shape_and_the_sparse_baseline_run_on_fresh_paired_seeds(
     # A real inner run on the fresh seed: training it directly gives the same value.
     config = spec.train_config(red["weights"], red["knobs"], seed=fresh[0])
     direct = train(config, make_task("synthetic", home))
-    curve = {int(s): m for s, m in direct.curves.items()}
-    expected = objective_value(spec.objective, curve, direct.steps, spec.target)
+    expected = objective_value(spec.objective, direct.curves, direct.steps, spec.target)
     assert red["values"][0] == pytest.approx(expected)
     # The margin: a fifth of what sparse gained over the initial policy (the same in every
     # run: common evaluation).
@@ -236,11 +235,11 @@ class _Drawn(InlineExecutor):
         self.runs += 1
 
     def _draw(self, job: Job) -> InnerResult:
-        seed = job.config["seed"]
+        seed = job.config.seed
         shared = np.random.default_rng([self.race, seed]).normal(0, 1.0)
         own = np.random.default_rng([self.race, seed, job.trial_number]).normal(0, self.noise)
         value = self.means[job.trial_number] + shared + own
-        return InnerResult(job.seed_index, "here", value=value, curve={"0": {CURVE_KEY: 0.0}})
+        return InnerResult(job.seed_index, "here", value=value, curve={0: {CURVE_KEY: 0.0}})
 
 
 def _told_study(

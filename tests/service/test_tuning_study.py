@@ -242,9 +242,9 @@ class BatchExecutor(Executor):
 
 
 def _made_up_result(job: InnerJob) -> InnerResult:
-    weights = job.config["shaping"]["weights"]  # best inside the simplex, not at a vertex
+    weights = job.config.shaping.weights  # best inside the simplex, not at a vertex
     value = -((weights["uniform"] - 0.3) ** 2) - (weights["red"] - 0.5) ** 2
-    curve = {"0": {"eval/rm_mean": 0.0}, "4": {"eval/rm_mean": value}}
+    curve = {0: {"eval/rm_mean": 0.0}, 4: {"eval/rm_mean": value}}
     return InnerResult(job.seed_index, host="test", value=value, curve=curve)
 
 

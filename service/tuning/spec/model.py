@@ -357,9 +357,14 @@ class StudySpec(_Strict):
         )
 
     def train_config(
-        self, weights: dict[str, float], knobs: dict[str, float], seed: int
+        self,
+        weights: dict[str, float],
+        knobs: dict[str, float],
+        seed: int,
+        run_dir: Path | None = None,
     ) -> TrainConfig:
-        """The inner run of one trial and seed: `base` with its weights, knobs and seed."""
+        """The inner run of one trial and seed (in `run_dir`, for a study's runs): `base`
+        with its weights, knobs and seed."""
         base = self.base
         options = {method: dict(given) for method, given in base.shaping.options.items()}
         for knob, value in knobs.items():
@@ -372,6 +377,7 @@ class StudySpec(_Strict):
             shaping=replace(base.shaping, weights=weights, options=options),
             ppo=replace(base.ppo, **ppo),
             seed=seed,
+            run_dir=None if run_dir is None else str(run_dir),
         )
 
 

@@ -51,11 +51,10 @@ def run_inner(job: InnerJob) -> InnerResult:
             target=_heartbeat, args=(storage, job.trial_id, job.heartbeat_s, stop), daemon=True
         )
         beat.start()
-    run_dir = Path(job.run_dir)
+    run_dir = job.run_dir
     try:
         _check_checkpoint_visible(job)
-        config = TrainConfig.from_dict({**job.config, "run_dir": job.run_dir})
-        config = _on_given_device(config, job.gpus)
+        config = _on_given_device(job.config, job.gpus)
         run_dir.mkdir(parents=True, exist_ok=True)
         task = make_task(config.task.name, Path(job.home), **config.task.options)
         report = None
@@ -84,12 +83,11 @@ def run_inner(job: InnerJob) -> InnerResult:
             # garbage collector, or PostgreSQL soon refuses new clients.
             beat.join(timeout=job.heartbeat_s + 5)
             storage.engine.dispose()
-    curve = {int(s): m for s, m in result.curves.items()}
     return InnerResult(
         job.seed_index,
         **_artifacts(run_dir),
-        value=objective_value(job.objective, curve, result.steps, job.target),
-        curve={str(s): _compact(m) for s, m in curve.items()},
+        value=objective_value(job.objective, result.curves, result.steps, job.target),
+        curve={step: _compact(m) for step, m in result.curves.items()},
         final={k: v for k, v in result.final.items() if isinstance(v, int | float)},
         samples=samples,
         sample_credits=credits,
@@ -105,7 +103,7 @@ def _check_checkpoint_visible(job: InnerJob) -> None:
     """A run retried on another node must continue from its checkpoint, not start again
     unseen: if the index says one was written for this run folder and this node cannot see
     it, the run fails naming the fix."""
-    path = Path(job.run_dir) / CHECKPOINT
+    path = job.run_dir / CHECKPOINT
     if path.is_file() or job.trial_id is None:
         return
     host = checkpoint_host(job.storage, job.study, str(path))
@@ -125,7 +123,7 @@ def _index_checkpoint(job: InnerJob) -> Callable[[int], None]:
     def checkpointed(step: int) -> None:
         if recorded.is_set():
             return
-        path = Path(job.run_dir) / CHECKPOINT
+        path = job.run_dir / CHECKPOINT
         files = [{"kind": "checkpoint", "path": str(path), "bytes": path.stat().st_size}]
         try:
             record_artifacts(

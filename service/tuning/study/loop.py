@@ -37,7 +37,6 @@ from service.tuning.contracts import (
     InnerResult,
     TrialRecord,
     own_complete,
-    placement,
     sparse_arm,
     write,
     write_stored,
@@ -228,7 +227,10 @@ class _Loop:
         # baseline would leave the study without its yardstick. Pruning is for proposals.
         prunable = not TrialRecord.from_attrs(trial.user_attrs).label
         for k in range(self.spec.seeds):
-            config = self.spec.train_config(weights, knobs, seed=self.spec.seed + k)
+            # Named by the parameters, not the trial: a retried trial (a new number, the
+            # same parameters) continues from the checkpoint.
+            run_dir = self.home / "studies" / self.spec.name / "runs" / runs / f"seed{k}"
+            config = self.spec.train_config(weights, knobs, self.spec.seed + k, run_dir)
             self.queue.append(
                 InnerJob(
                     study=self.spec.name,
@@ -236,13 +238,8 @@ class _Loop:
                     trial_id=trial._trial_id,
                     trial_number=trial.number,
                     seed_index=k,
-                    config=config.to_dict(),
+                    config=config,
                     home=str(self.home),
-                    # Named by the parameters, not the trial: a retried trial (a new
-                    # number, the same parameters) continues from the checkpoint.
-                    run_dir=str(
-                        self.home / "studies" / self.spec.name / "runs" / runs / f"seed{k}"
-                    ),
                     heartbeat_s=self.timing.heartbeat,
                     objective=self.spec.objective,
                     target=self.spec.target,
@@ -276,33 +273,17 @@ class _Loop:
 
     def _tell(self, flight: _InFlight) -> None:
         trial, seeds = flight.trial, [flight.results[k] for k in sorted(flight.results)]
-        errors = [r.error for r in seeds if r.error]
-        placements = [placement(r) for r in seeds if r.host]  # a lost worker left none
-        if errors:
-            write(trial, TrialRecord(failed_for=errors[0], placements=placements))
+        record = TrialRecord.of_results(seeds)
+        write(trial, record)
+        if record.failed_for:
             self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
-            log.warning("trial %d failed: %s", trial.number, errors[0])
-            self._report(f"trial {trial.number} failed: {errors[0]}")
+            log.warning("trial %d failed: %s", trial.number, record.failed_for)
+            self._report(f"trial {trial.number} failed: {record.failed_for}")
             return
-        values = [float(r.value) for r in seeds]
-        final = seeds[0].final if len(seeds) == 1 else _mean_dicts([r.final for r in seeds])
-        write(
-            trial,
-            TrialRecord(
-                seed_values=values,
-                stderr=stderr(values),
-                curves=[r.curve for r in seeds],
-                final=final,
-                samples=seeds[0].samples,
-                sample_credits=seeds[0].sample_credits,
-                sample_credits_note=seeds[0].sample_credits_note,
-                placements=placements,
-                steps=[r.steps for r in seeds],
-            ),
-        )
+        values = record.seed_values
         if self.spec.constraints:  # Optuna's constraint, read by the samplers and by us
-            trial.set_constraint("kl_max", kl_excess(self.spec.constraints.kl_max, final))
+            trial.set_constraint("kl_max", kl_excess(self.spec.constraints.kl_max, record.final))
         if any(r.pruned for r in seeds):  # kept, not credited: the incumbent is COMPLETE
             self.study.tell(trial, state=TrialState.PRUNED)
             at = TrialRecord.from_trial(self.storage.get_trial(trial._trial_id)).pruned_at
@@ -324,7 +305,7 @@ class _Loop:
             self.failures += 1
             return
         self.study.tell(trial, told)
-        self._report(f"trial {trial.number}: {estimate(told[0], stderr(values))}")
+        self._report(f"trial {trial.number}: {estimate(told[0], record.stderr)}")
 
     def _report(self, last: str) -> None:
         if self.on_progress:
@@ -391,22 +372,9 @@ def run_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def stderr(values: list[float]) -> float:
-    """The standard error of the mean of `values`; NaN for fewer than 2 or a non-finite one."""
-    if len(values) < 2 or not all(math.isfinite(v) for v in values):  # stdev raises on NaN
-        return float("nan")
-    return statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = set.intersection(*(set(r) for r in rows))
-    return {k: statistics.fmean(r[k] for r in rows) for k in sorted(keys)}
-
-
 def gold_value(objective: str, result: InnerResult) -> float:
     """The run's gold objective: `objective`'s measure of the gold judge's curve."""
-    curve = {int(step): metrics for step, metrics in result.curve.items()}
-    return objective_value(objective, curve, result.steps, None, key=GOLD_KEY)
+    return objective_value(objective, result.curve, result.steps, None, key=GOLD_KEY)
 
 
 def summarize(study: optuna.Study, spec: StudySpec, running: int = 0, last: str = "") -> Progress:

@@ -41,6 +41,7 @@ from service.tuning.contracts import (
     InnerJob,
     InnerResult,
     TrialRecord,
+    stderr,
 )
 from service.tuning.contracts import own_complete as own_completed
 from service.tuning.optuna_storage import opened_storage
@@ -49,7 +50,7 @@ from service.tuning.search.pairing import paired
 from service.tuning.spec.model import StudySpec
 from service.tuning.study import verdict
 from service.tuning.study.inner import run_inner
-from service.tuning.study.loop import run_key, stderr
+from service.tuning.study.loop import run_key
 
 FRESH_SEEDS = 10_000
 """Fresh seeds start here (a study's own seeds are its seed and the few after it)..."""
@@ -218,7 +219,7 @@ def _gain(objective: str, result: InnerResult) -> float:
     evaluation): its objective minus the step-0 evaluation; for steps_to_target, the steps."""
     if objective == "steps_to_target":
         return float(result.value)
-    start = result.curve.get("0", {}).get(CURVE_KEY, math.nan)
+    start = result.curve.get(0, {}).get(CURVE_KEY, math.nan)
     return float(result.value) - start
 
 
@@ -298,7 +299,6 @@ def _arm(lane: _Lane, baseline: _Lane, level: float) -> dict[str, Any]:
 
 def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: int) -> InnerJob:
     record = TrialRecord.from_trial(t)
-    config = spec.train_config(record.weights or {}, record.knobs, seed)
     run_dir = home / "studies" / spec.name / "reevaluation" / run_key(t.params) / f"seed{seed}"
     return InnerJob(
         study=spec.name,
@@ -306,9 +306,8 @@ def _job(spec: StudySpec, url: str, home: Path, t: FrozenTrial, k: int, seed: in
         trial_id=None,  # a run of no trial: nothing to heartbeat
         trial_number=t.number,
         seed_index=k,
-        config=config.to_dict(),
+        config=spec.train_config(record.weights or {}, record.knobs, seed, run_dir),
         home=str(home),
-        run_dir=str(run_dir),
         heartbeat_s=0.0,
         objective=spec.objective,
         target=spec.target,
@@ -334,7 +333,7 @@ class _Counter:
             for outcome in executor.wait(POLL_S):
                 job: InnerJob = outcome.job
                 result: InnerResult | None = outcome.result
-                where = f"trial {job.trial_number}, seed {job.config['seed']}"
+                where = f"trial {job.trial_number}, seed {job.config.seed}"
                 error = outcome.error or (result.error if result else "no result")
                 if error or result is None or result.stopped_early:
                     executor.shutdown()
