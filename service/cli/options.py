@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from service.auth import OWNER_CHARS
+from service.redaction import safe_url
 from service.settings import get_settings
 
 # Out of a terminal (`make demo > log`) rich assumes 80 columns and cuts tables: be wide.
@@ -97,7 +98,6 @@ def resolve_storage(storage: str | None, home: Path) -> str:
 def existing_storage(storage: str | None, home: Path) -> str:
     """`resolve_storage` for commands that read studies: a missing SQLite file is an error,
     not a new empty database."""
-    from service.redaction import safe_url
     from service.store.db import sqlite_path
 
     database = resolve_storage(storage, home)

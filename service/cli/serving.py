@@ -17,6 +17,7 @@ from service.cli.options import (
     resolve_home,
     setup_logging,
 )
+from service.redaction import safe_url
 
 DASHBOARD_HOST = "127.0.0.1"
 """optuna-dashboard has no authentication of its own: loopback only."""
@@ -65,7 +66,6 @@ def serve(
     from pydantic import ValidationError
 
     from service.app import create_app
-    from service.redaction import safe_url
     from service.settings import get_settings
     from service.store.db import StoreError, check_url
 
@@ -113,7 +113,6 @@ def serve(
 
 def _shown(error: Any) -> str:
     """A refused setting's value as an error may show it: never a token, never a password."""
-    from service.redaction import safe_url
     from service.tuning.spec.text import shorten
 
     field = ".".join(map(str, error["loc"]))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from service.cli.options import existing_storage, resolve_home, resolve_storage
+from service.redaction import safe_url
 
 if TYPE_CHECKING:
     from service.read.schemas import StudiesPublic, StudyPublic, TrialsPublic
@@ -36,9 +37,9 @@ class StudySource(Protocol):
 
 
 class LocalSource:
+    # The read model and the store import optuna and sqlalchemy (about a second): only the
+    # methods that read import them, so `--help` and `--url` never pay for them.
     def __init__(self, database: str) -> None:
-        from service.redaction import safe_url
-
         self.database, self.where = database, f"studies in {safe_url(database)}"
 
     def studies(self) -> StudiesPublic:
@@ -79,7 +80,6 @@ class LocalSource:
 
 class RemoteSource:
     def __init__(self, url: str, token: str | None) -> None:
-        from service.redaction import safe_url
         from service.remote import ServiceClient
 
         self.client, self.where = ServiceClient(url, token), f"studies at {safe_url(url)}"

@@ -35,6 +35,7 @@ from service.cli.options import (
 )
 from service.cli.sources import LocalSource, RemoteSource, SourceError, study_source
 from service.formatting import number
+from service.redaction import safe_url
 
 
 def register(app: typer.Typer) -> None:
@@ -200,7 +201,6 @@ def submit(
     """Queue a study on a running service; its coordinator runs it."""
     import yaml
 
-    from service.redaction import safe_url
     from service.remote import RemoteError, ServiceClient
 
     try:
@@ -313,7 +313,6 @@ def _drive(
 ) -> None:
     """Admit the spec (task, inner runs, executor: nothing written before it passes), then
     create or take over the study and drive it to its budget."""
-    from service.redaction import safe_url
     from service.store.models import StudyStatus
     from service.store.studies import StoreError, StudyExists, get_study
     from service.tuning.spec.model import SpecError, same_study
