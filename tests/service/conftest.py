@@ -71,11 +71,19 @@ def pg_url(pg_databases: NewDatabase) -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The study database, on each backend in turn (tests use unique study names)."""
+    """The study database on each backend in turn (tests use unique study names): for tests
+    whose subject is what the store does (processes writing together, leases, crashes, the
+    study loop's own reads and writes). A test of anything else takes `sqlite_url`."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'db' / 'studies.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """The study database where the backend is not what is tested: SQLite, embedded."""
+    return f"sqlite:///{tmp_path / 'db' / 'studies.db'}"
 
 
 @pytest.fixture

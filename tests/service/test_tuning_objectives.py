@@ -81,22 +81,22 @@ def test_the_pareto_front_keeps_the_undominated_trials() -> None:
 
 
 def test_kl_max_marks_trials_infeasible_and_the_sampler_sees_it(
-    storage_url: str, tmp_path: Path, make_spec: Spec
+    sqlite_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
     """Any PPO update moves the policy: a kl_max of 1e-9 makes every trial infeasible."""
     spec = parse_spec(
         make_spec(budget=4, seeds=2, sampler="gp", constraints={"kl_max": 1e-9}, seed=1)
     )
-    _run(spec, storage_url, tmp_path)
-    found = [t for t in _trials(storage_url, spec.name) if t.state == TrialState.COMPLETE]
+    _run(spec, sqlite_url, tmp_path)
+    found = [t for t in _trials(sqlite_url, spec.name) if t.state == TrialState.COMPLETE]
     assert len(found) == 4
     for t in found:
         kl = TrialRecord.from_trial(t).final["eval/kl"]  # the mean over seeds
         assert t.constraints == {"kl_max": pytest.approx(kl - 1e-9)}  # what samplers read
         assert kl > 1e-9
-    summary = read_study(storage_url, spec.name)
+    summary = read_study(sqlite_url, spec.name)
     assert summary.best is None and summary.best_value is None  # nothing feasible to credit
-    assert all(not t.feasible for t in read_trials(storage_url, spec.name).data)
+    assert all(not t.feasible for t in read_trials(sqlite_url, spec.name).data)
 
 
 def test_a_gold_objective_gives_two_values_and_a_pareto_front(

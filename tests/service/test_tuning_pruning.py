@@ -1,7 +1,7 @@
 """Multi-fidelity pruning with several seeds per trial: the mean over seeds is what the
 pruner judges, a pruned trial stops all its seeds and is never credited, the budget counts
 completed trials, and a study resumed in the middle of a Hyperband bracket goes on judging
-against the trials before the crash. On SQLite and PostgreSQL."""
+against the trials before the crash. Ray's workers judge on PostgreSQL, the rest on SQLite."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_the_pruner_config_is_derived_from_the_inner_run(make_spec: Spec) -> Non
 
 @pytest.mark.e2e
 def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budget(
-    storage_url: str, tmp_path: Path, make_spec: Spec
+    sqlite_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
     spec = _hyperband_spec(make_spec, seed=2)
     jobs: list[inner.InnerJob] = []
@@ -74,9 +74,9 @@ def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budg
             jobs.append(job)
             super().submit(fn, job)
 
-    final = run_study(spec, storage_url, tmp_path, Recording(), timing=FAST)
+    final = run_study(spec, sqlite_url, tmp_path, Recording(), timing=FAST)
 
-    found = _trials(storage_url, spec.name)
+    found = _trials(sqlite_url, spec.name)
     # The control arms are never stopped (the yardstick runs whole); every proposal may be.
     controls = {t.number for t in found if TrialRecord.from_trial(t).label}
     assert len(controls) == len(spec.methods)
@@ -101,12 +101,12 @@ def test_hyperband_with_two_seeds_prunes_on_the_seed_mean_and_completes_the_budg
         progress = TrialRecord.progress(t.user_attrs, 2)
         for step, value in t.intermediate_values.items():
             assert value == pytest.approx(statistics.fmean(p[step] for p in progress))
-    _check_successive_halving(spec, storage_url, found)
+    _check_successive_halving(spec, sqlite_url, found)
 
 
 @pytest.mark.e2e
 def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_before(
-    storage_url: str, tmp_path: Path, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, tmp_path: Path, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The coordinator dies while trial 4's second seed is at its first rung; `resume`
     retries that trial (its first seed's progress inherited) and the pruner goes on with
@@ -130,15 +130,15 @@ def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_be
 
     monkeypatch.setattr(inner, "train", crash_in_trial_4)
     with pytest.raises(KeyboardInterrupt):
-        _run(spec, storage_url, tmp_path)
-    assert store.get_study(storage_url, spec.name).status == "interrupted"
-    before = _trials(storage_url, spec.name)
+        _run(spec, sqlite_url, tmp_path)
+    assert store.get_study(sqlite_url, spec.name).status == "interrupted"
+    before = _trials(sqlite_url, spec.name)
     assert [t.state for t in before][4] == TrialState.RUNNING
     assert TrialRecord.progress(before[4].user_attrs, 2)[0]  # seed 0 had reported
 
     monkeypatch.setattr(inner, "train", real)
-    final = _run(spec, storage_url, tmp_path)
-    found = _trials(storage_url, spec.name)
+    final = _run(spec, sqlite_url, tmp_path)
+    found = _trials(sqlite_url, spec.name)
     assert final.done == spec.budget
     assert Counter(t.state for t in found)[TrialState.COMPLETE] == spec.budget
     retry = next(t for t in found if t.system_attrs.get("failed_trial") == 4)
@@ -146,7 +146,7 @@ def test_a_study_resumed_in_the_middle_of_a_bracket_judges_against_the_trials_be
     # The retry's first seed continued from its checkpoint: no step of it was run again.
     assert TrialRecord.from_trial(retry).placements[0]["resumed_from"] == STEPS
     assert any(t.state == TrialState.PRUNED for t in found)
-    judged = _check_successive_halving(spec, storage_url, found)
+    judged = _check_successive_halving(spec, sqlite_url, found)
     # Trials after the resume met trials from before it at the same rung.
     crashed = {t.number for t in before}
     assert any(n >= retry.number and crashed & set(rivals) for n, rivals in judged), judged
@@ -235,15 +235,17 @@ def test_status_and_the_study_page_show_pruned_trials_and_their_steps(
 @pytest.mark.e2e
 @pytest.mark.usefixtures("ray_cluster")
 def test_on_ray_the_workers_judge_each_trial_on_its_seed_mean(
-    tmp_path: Path, make_spec: Spec
+    pg_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
     """Two Ray workers run a trial's two seeds: each writes its evaluations to the store and
     the trial is judged on their mean at every step both reached, from the worker processes.
     Which trials Hyperband prunes depends on the order Ray finishes them, so this checks the
-    judging; the threaded test below checks that a pruned trial stops the seed beside it."""
+    judging; the threaded test below checks that a pruned trial stops the seed beside it.
+    On PostgreSQL, what a team's workers write to together (the tests above, on SQLite,
+    replay each rung decision)."""
     from service.executor.ray_executor import RayExecutor
 
-    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    url = pg_url
     inner_run = {**HYPERBAND_INNER, "steps": 12}
     spec = _hyperband_spec(make_spec, seed=2, inner=inner_run, executor="ray")
     run_study(spec, url, tmp_path, RayExecutor(cpus=1, workers=2), timing=FAST)

@@ -1,5 +1,6 @@
 """The coordinator's loop with the inline executor: budgets, control arms, per-seed results,
-failures, cancellation and resume, on SQLite and PostgreSQL."""
+failures, cancellation and resume. A whole study and its cancellation on SQLite and
+PostgreSQL; the rest, which the backend does not change, on SQLite."""
 
 from __future__ import annotations
 
@@ -92,18 +93,18 @@ def test_a_study_runs_to_its_budget_with_control_arms_first(
 
 
 def test_resuming_a_completed_study_changes_nothing(
-    storage_url: str, tmp_path: Path, make_spec: Spec
+    sqlite_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
     spec = parse_spec(make_spec(budget=3, seeds=1))
-    _run(spec, storage_url, tmp_path)
-    before = trials(storage_url, spec.name)
-    again = _run(spec, storage_url, tmp_path)
-    after = trials(storage_url, spec.name)
+    _run(spec, sqlite_url, tmp_path)
+    before = trials(sqlite_url, spec.name)
+    again = _run(spec, sqlite_url, tmp_path)
+    after = trials(sqlite_url, spec.name)
     assert again.done == 3
     assert [(t.number, t.state, t.value, t.params, t.datetime_complete) for t in after] == [
         (t.number, t.state, t.value, t.params, t.datetime_complete) for t in before
     ]
-    assert store.get_study(storage_url, spec.name).status == "completed"
+    assert store.get_study(sqlite_url, spec.name).status == "completed"
 
 
 def test_a_trial_that_fails_is_recorded_and_the_study_goes_on(
@@ -156,21 +157,21 @@ def test_a_run_that_raises_fails_its_trial_with_the_reason(
 
 
 def test_max_failures_stops_a_study_whose_every_trial_fails(
-    storage_url: str, tmp_path: Path, make_spec: Spec
+    sqlite_url: str, tmp_path: Path, make_spec: Spec
 ) -> None:
     """A task option the task refuses fails every inner run (the CLI refuses it earlier)."""
     spec = parse_spec(
         make_spec(task={"name": "synthetic", "options": {"n_words": 1}}, max_failures=2, budget=5)
     )
-    final = _run(spec, storage_url, tmp_path)
-    record = store.get_study(storage_url, spec.name)
+    final = _run(spec, sqlite_url, tmp_path)
+    record = store.get_study(sqlite_url, spec.name)
     assert record.status == "failed" and "max_failures" in record.message
-    failed = trials(storage_url, spec.name)
+    failed = trials(sqlite_url, spec.name)
     failed = [t for t in failed if t.state != TrialState.WAITING]  # the unstarted arm
     assert [t.state for t in failed] == [TrialState.FAIL] * 2
     assert all("n_words=1" in t.user_attrs["failed_for"] for t in failed)
     assert final.done == 0 and final.last == "failed"
-    assert store.lease_holder(storage_url, spec.name) is None
+    assert store.lease_holder(sqlite_url, spec.name) is None
 
 
 def test_cancel_stops_a_running_study(storage_url: str, tmp_path: Path, make_spec: Spec) -> None:

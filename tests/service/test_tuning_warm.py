@@ -1,7 +1,8 @@
-"""Warm starts, on SQLite and PostgreSQL: an earlier study's completed trials seed the
-sampler without counting toward the budget, its control arms measured the same way are
-not rerun, and an earlier study that is missing or not comparable is refused before
-anything is written."""
+"""Warm starts: an earlier study's completed trials seed the sampler without counting
+toward the budget, its control arms measured the same way are not rerun, and an earlier
+study that is missing or not comparable is refused before anything is written. Nothing
+here depends on the backend (`test_tuning_study` runs the loop on both): the tests share
+one SQLite database and one earlier study."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from service.tuning.contracts import TrialRecord
 from service.tuning.search.warm import check_warm_start
 from service.tuning.spec.model import SpecError, StudySpec, parse_spec
 from service.tuning.study.loop import Timing, run_study
+from tests.service.conftest import TINY_INNER
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 Spec = Callable[..., dict[str, Any]]
@@ -36,22 +38,38 @@ def _trials(url: str, name: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
-@pytest.fixture
-def earlier(storage_url: str, tmp_path: Path, make_spec: Spec) -> StudySpec:
+@pytest.fixture(scope="module")
+def warm_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('warm') / 'studies.db'}"
+
+
+@pytest.fixture(scope="module")
+def earlier(warm_url: str, tmp_path_factory: pytest.TempPathFactory) -> StudySpec:
     """A finished study of 3 control arms and 1 proposal, one seed each."""
-    spec = parse_spec(make_spec(name=f"{make_spec()['name']}-a", budget=4, seeds=1))
-    _run(spec, storage_url, tmp_path)
+    spec = parse_spec(
+        {
+            "name": "earlier",
+            "task": {"name": "synthetic"},
+            "methods": ["sparse", "uniform", "red"],
+            "inner": TINY_INNER,
+            "seeds": 1,
+            "budget": 4,
+            "sampler": "random",
+            "executor": "inline",
+        }
+    )
+    _run(spec, warm_url, tmp_path_factory.mktemp("earlier"))
     return spec
 
 
 def test_a_warm_start_reuses_the_arms_and_seeds_the_sampler(
-    storage_url: str, tmp_path: Path, make_spec: Spec, earlier: StudySpec
+    warm_url: str, tmp_path: Path, make_spec: Spec, earlier: StudySpec
 ) -> None:
     spec = parse_spec(make_spec(budget=5, seeds=1, warm_start=[earlier.name]))
-    _run(spec, storage_url, tmp_path)
+    _run(spec, warm_url, tmp_path)
 
-    before = {t.number: t for t in _trials(storage_url, earlier.name)}
-    found = _trials(storage_url, spec.name)
+    before = {t.number: t for t in _trials(warm_url, earlier.name)}
+    found = _trials(warm_url, spec.name)
     records = [TrialRecord.from_trial(t) for t in found]
     copied = [(t, r) for t, r in zip(found, records, strict=True) if r.warm_start or r.reused_from]
     assert len(copied) == 4  # every completed trial of the earlier study
@@ -64,18 +82,18 @@ def test_a_warm_start_reuses_the_arms_and_seeds_the_sampler(
     # The budget counts the 3 reused arms: 2 trials ran, neither a control arm again.
     assert len(ran) == 2 and all(t.state == TrialState.COMPLETE for t in ran)
     assert not any(TrialRecord.from_trial(t).label for t in ran)
-    shown = read_study(storage_url, spec.name)
+    shown = read_study(warm_url, spec.name)
     assert shown.done == 5 and shown.sparse is not None
     warm_only = next(t for t, r in copied if r.warm_start)
     assert shown.best is None or shown.best.trial != warm_only.number
 
 
 def test_other_inner_settings_seed_the_sampler_but_the_arms_run_again(
-    storage_url: str, tmp_path: Path, make_spec: Spec, earlier: StudySpec
+    warm_url: str, tmp_path: Path, make_spec: Spec, earlier: StudySpec
 ) -> None:
     spec = parse_spec(make_spec(budget=3, seeds=2, warm_start=[earlier.name]))
-    _run(spec, storage_url, tmp_path)
-    records = [TrialRecord.from_trial(t) for t in _trials(storage_url, spec.name)]
+    _run(spec, warm_url, tmp_path)
+    records = [TrialRecord.from_trial(t) for t in _trials(warm_url, spec.name)]
     assert sum(bool(r.warm_start) for r in records) == 4
     assert not any(r.reused_from for r in records)  # 2 seeds here, 1 there: rerun
     ran = [r.label for r in records if not r.warm_start]
@@ -83,13 +101,13 @@ def test_other_inner_settings_seed_the_sampler_but_the_arms_run_again(
 
 
 def test_rerun_control_arms_runs_them_again(
-    storage_url: str, tmp_path: Path, make_spec: Spec, earlier: StudySpec
+    warm_url: str, tmp_path: Path, make_spec: Spec, earlier: StudySpec
 ) -> None:
     spec = parse_spec(
         make_spec(budget=3, seeds=1, warm_start=[earlier.name], rerun_control_arms=True)
     )
-    _run(spec, storage_url, tmp_path)
-    records = [TrialRecord.from_trial(t) for t in _trials(storage_url, spec.name)]
+    _run(spec, warm_url, tmp_path)
+    records = [TrialRecord.from_trial(t) for t in _trials(warm_url, spec.name)]
     assert [r.label for r in records if not r.warm_start] == [
         "pure sparse",
         "pure uniform",
@@ -107,11 +125,11 @@ def test_rerun_control_arms_runs_them_again(
     ],
 )
 def test_an_incomparable_study_is_refused_naming_the_difference(
-    storage_url: str, make_spec: Spec, earlier: StudySpec, fields: dict[str, Any], words: list[str]
+    warm_url: str, make_spec: Spec, earlier: StudySpec, fields: dict[str, Any], words: list[str]
 ) -> None:
     spec = parse_spec(make_spec(warm_start=[earlier.name], **fields))
     with pytest.raises(SpecError) as refused:
-        check_warm_start(spec, storage_url)
+        check_warm_start(spec, warm_url)
     message = str(refused.value)
     assert f"study {earlier.name!r} is not comparable" in message
     assert all(w in message for w in words), message
