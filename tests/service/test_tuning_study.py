@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service.executor import InlineExecutor
 from service.executor.base import Executor, Job, JobFn, Outcome
 from service.store import studies as store
-from service.tuning.contracts import InnerJob, InnerResult
+from service.tuning.contracts import InnerJob, InnerResult, TrialRecord
 from service.tuning.search import space
 from service.tuning.spec.model import StudySpec, parse_spec
 from service.tuning.study import inner
@@ -40,6 +40,25 @@ def _run(spec: StudySpec, url: str, home: Path, **kwargs: Any) -> Progress:
 
 def trials(url: str, name: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def test_a_trials_record_is_built_from_its_seeds_and_read_back_with_int_steps() -> None:
+    seeds = [
+        InnerResult(k, "host", value=v, curve={0: {"r": 0.0}, 4: {"r": v}}, final=f, steps=4)
+        for k, (v, f) in enumerate([(1.0, {"kl": 0.1, "r": 1.0}), (3.0, {"kl": 0.3})])
+    ]
+    record = TrialRecord.of_results(seeds)
+    assert record.seed_values == [1.0, 3.0] and record.stderr == pytest.approx(1.0)
+    assert record.final == {"kl": pytest.approx(0.2)}  # the metrics every seed has
+    assert [p["seed_index"] for p in record.placements] == [0, 1] and record.steps == [4, 4]
+    attrs = record.to_user_attrs()
+    assert list(attrs["curves"][1]) == ["0", "4"]  # JSON's keys, as Optuna stores them
+    assert TrialRecord.from_attrs(attrs).curves == [s.curve for s in seeds]
+
+    lost = InnerResult(1, host="", error="the worker died")  # a lost worker left no host
+    failed = TrialRecord.of_results([seeds[0], lost])
+    assert failed.failed_for == "the worker died" and not failed.seed_values
+    assert [p["seed_index"] for p in failed.placements] == [0]
 
 
 def states(url: str, name: str) -> dict[str, int]:
