@@ -49,6 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The coordinator imports the trainer (torch): an app that only serves reads, or a test
+    # of the routes, never pays for it.
     from service.tuning.optuna_storage import create_tables
     from service.tuning.study.coordinator import Coordinator, CoordinatorConfig
     from service.tuning.study.loop import Timing

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
     def storage_url(self) -> str:
-        from service.store.db import default_url
+        from service.store.db import default_url  # sqlalchemy: not on `shapetune --help`'s path
 
         return self.storage or default_url(self.resolved_home())
 

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shaping.explain import Explanation, explain
+from trainers.checkpoint import load
 from trainers.config import TrainConfig
+from trainers.models import DeviceRewardModel, resolve_device
 
 if TYPE_CHECKING:
-    from shaping.explain import Explanation
     from trainers.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,6 @@ def credit_samples(
     offset}], one per method of the trial, weight 0 included) and shaped (sum_k w_k phi_k,
     the per-token reward the trial trained with, before the KL penalty).
     """
-    from shaping.explain import explain
-    from trainers.checkpoint import load
-    from trainers.models import DeviceRewardModel, resolve_device
-
     if not samples:
         return [], "the inner run recorded no sample responses"
     weights = dict(config.shaping.weights)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from service.store.artifacts import checkpoint_host, record_artifacts
 from service.store.models import STOPPING
@@ -151,8 +152,6 @@ def _on_given_device(config: TrainConfig, gpus: float) -> TrainConfig:
     train on the CPU in a GPU's slot."""
     if not gpus or config.device not in ("auto", "cuda"):
         return config
-    import torch
-
     if not torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
         raise RuntimeError(
@@ -181,7 +180,7 @@ def _artifacts(run_dir: Path) -> dict[str, Any]:
 
 
 def _ray_node() -> str:
-    try:
+    try:  # imported here: an inline run never pays Ray's second of imports
         import ray
 
         return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
