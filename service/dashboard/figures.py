@@ -229,7 +229,7 @@ def params(view: StudyView) -> Figure | None:
     knobs = spec.get("knobs", {})
     if not done or not knobs:  # weights alone: `weights` draws them already
         return None
-    axes = [Axis(m, [(t.weights or {}).get(m) for t in done], (0.0, 1.0)) for m in spec["methods"]]
+    axes = [Axis(m, [_weights(t).get(m) for t in done], (0.0, 1.0)) for m in spec["methods"]]
     axes += [
         Axis(k, [t.knobs.get(k) for t in done], (b["low"], b["high"]), log=bool(b.get("log")))
         for k, b in knobs.items()

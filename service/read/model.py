@@ -143,8 +143,7 @@ def curves(url: str, name: str) -> StudyCurves:
     kept = d.curves
     if not unfinished:
         return kept
-    fresh = StudyCurves(params=unfinished, curves={})  # only these few validated again
-    return kept.model_copy(update={"params": dict(sorted({**kept.params, **fresh.params}.items()))})
+    return kept.model_copy(update={"params": dict(sorted({**kept.params, **unfinished}.items()))})
 
 
 def artifacts(
@@ -290,7 +289,8 @@ class _Digest:
     sparse: FrozenTrial | None
     pooled: Pooled | None
     counts: dict[str, int]
-    control_arms: list[Arm]
+    labelled: list[FrozenTrial]
+    """The control arms' trials, finished or not."""
     _rows: dict[int, TrialSummary] = field(default_factory=dict)
 
     def summary(self, t: FrozenTrial) -> TrialSummary:
@@ -307,6 +307,10 @@ class _Digest:
         if t is None:
             return None
         return Arm(trial=t.number, **self.summary(t).model_dump(include=_ARM_FIELDS))
+
+    @cached_property
+    def control_arms(self) -> list[Arm]:
+        return [a for t in self.labelled if (a := self.arm(t)) is not None]
 
     @cached_property
     def best_arm(self) -> Arm | None:
@@ -375,10 +379,8 @@ def _digest(url: str, record: StudyModel) -> tuple[list[FrozenTrial], _Digest]:
         sparse=sparse,
         pooled=_pooled(own, sparse),
         counts=dict(sorted(counts.items())),
-        control_arms=[],
+        labelled=[t for t in trials if TrialRecord.from_trial(t).label],
     )
-    labelled = [t for t in trials if TrialRecord.from_trial(t).label]
-    made.control_arms = [a for t in labelled if (a := made.arm(t)) is not None]
     _digests[(url, record.name)] = made
     return trials, made
 

@@ -91,22 +91,27 @@ def study_name() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
+def tiny_spec(name: str, **fields: Any) -> dict[str, Any]:
+    """A tiny valid spec on the synthetic task, as plain data; keywords override fields."""
+    return {
+        "name": name,
+        "task": {"name": "synthetic"},
+        "methods": ["sparse", "uniform", "red"],
+        "inner": TINY_INNER,
+        "seeds": 2,
+        "budget": 4,
+        "sampler": "random",
+        "executor": "inline",
+        **fields,
+    }
+
+
 @pytest.fixture
 def make_spec(study_name: str) -> Callable[..., dict[str, Any]]:
-    """A tiny valid spec on the synthetic task, as plain data; keywords override fields."""
+    """`tiny_spec` named for the test."""
 
     def make(**fields: Any) -> dict[str, Any]:
-        return {
-            "name": study_name,
-            "task": {"name": "synthetic"},
-            "methods": ["sparse", "uniform", "red"],
-            "inner": TINY_INNER,
-            "seeds": 2,
-            "budget": 4,
-            "sampler": "random",
-            "executor": "inline",
-            **fields,
-        }
+        return tiny_spec(**{"name": study_name, **fields})
 
     return make
 

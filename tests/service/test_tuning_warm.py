@@ -24,7 +24,7 @@ from service.tuning.contracts import TrialRecord
 from service.tuning.search.warm import check_warm_start
 from service.tuning.spec.model import SpecError, StudySpec, parse_spec
 from service.tuning.study.loop import Timing, run_study
-from tests.service.conftest import TINY_INNER
+from tests.service.conftest import tiny_spec
 
 FAST = Timing(heartbeat=1, grace=3, lease=4, poll=0.2)
 Spec = Callable[..., dict[str, Any]]
@@ -46,18 +46,7 @@ def warm_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def earlier(warm_url: str, tmp_path_factory: pytest.TempPathFactory) -> StudySpec:
     """A finished study of 3 control arms and 1 proposal, one seed each."""
-    spec = parse_spec(
-        {
-            "name": "earlier",
-            "task": {"name": "synthetic"},
-            "methods": ["sparse", "uniform", "red"],
-            "inner": TINY_INNER,
-            "seeds": 1,
-            "budget": 4,
-            "sampler": "random",
-            "executor": "inline",
-        }
-    )
+    spec = parse_spec(tiny_spec("earlier", seeds=1))
     _run(spec, warm_url, tmp_path_factory.mktemp("earlier"))
     return spec
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from service.executor import Executor, check_resources, make_executor
 from service.tuning.search.samplers import SamplerUnavailable, check_available
+from service.tuning.search.warm import check_warm_start
 from service.tuning.spec.model import SpecError, StudySpec, corner_configs
 from trainers.config import ConfigError
 from trainers.ppo import check_config
@@ -88,7 +89,5 @@ def executor_for(spec: StudySpec, name: str | None, ray_address: str | None) -> 
 def _check_warm_start(spec: StudySpec, url: str) -> None:
     """`SpecError` unless every study the spec warm-starts from is in the store at `url`
     and comparable (`service.tuning.search.warm`)."""
-    from service.tuning.search.warm import check_warm_start  # reads the store: only when asked
-
     if spec.warm_start:
         check_warm_start(spec, url)
